@@ -1,0 +1,76 @@
+# ngx_http_optout_module: see README.md.
+#
+#   make            module (build/ngx_http_optout_module.so) and optoutctl
+#   make test       install what is missing, build, run prove -r t/
+#   make run        install what is missing, build, start the quickstart
+#   make fuzz       longer libFuzzer runs of the token decoder and normalizer
+#   make bench      benchmarks in bench/
+
+CC        ?= cc
+FUZZ_CC   ?= clang
+CFLAGS    ?= -O2 -g
+WARN      := -Wall -Wextra -Werror -Wno-unused-parameter -std=gnu99
+LIBS      := -lcrypto
+BUILD     := build
+NGINX_SRC ?= /usr/share/nginx/src
+FUZZ_TIME ?= 300
+
+CORE_SRCS := src/optout_normalize.c src/optout_token.c src/optout_crypto.c \
+             src/optout_record.c
+CORE_HDRS := src/optout_core.h
+MOD_SRCS  := $(wildcard src/ngx_http_optout_*.c src/ngx_http_optout_*.h)
+
+.PHONY: all module tools deps test unit fuzz fuzz-short run bench clean
+
+all: module tools
+
+deps:
+	@bash tools/deps.sh
+
+module: $(BUILD)/ngx_http_optout_module.so
+
+$(BUILD)/ngx_http_optout_module.so: config $(MOD_SRCS) $(CORE_SRCS) \
+                                    $(CORE_HDRS) tools/build-module.sh
+	@NGINX_SRC="$(NGINX_SRC)" bash tools/build-module.sh
+
+tools: $(BUILD)/optoutctl $(BUILD)/test_core
+
+$(BUILD)/optoutctl: tools/optoutctl.c $(CORE_SRCS) $(CORE_HDRS)
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) $(WARN) -Isrc -o $@ tools/optoutctl.c $(CORE_SRCS) \
+	    $(LIBS) -lmemcached -ljansson
+
+$(BUILD)/test_core: tests/unit/test_core.c $(CORE_SRCS) $(CORE_HDRS)
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) $(WARN) -Isrc -o $@ tests/unit/test_core.c \
+	    $(CORE_SRCS) $(LIBS)
+
+$(BUILD)/fuzz_%: fuzz/fuzz_%.c $(CORE_SRCS) $(CORE_HDRS)
+	@mkdir -p $(BUILD)
+	$(FUZZ_CC) -g -O1 -fsanitize=fuzzer,address,undefined \
+	    -fno-sanitize-recover=all -Isrc -o $@ $< $(CORE_SRCS) $(LIBS)
+
+unit: $(BUILD)/test_core
+	$(BUILD)/test_core
+
+# short runs, part of make test (t/01-fuzz.t)
+fuzz-short: $(BUILD)/fuzz_token $(BUILD)/fuzz_normalize
+
+fuzz: $(BUILD)/fuzz_token $(BUILD)/fuzz_normalize
+	@mkdir -p $(BUILD)/corpus-token $(BUILD)/corpus-normalize
+	$(BUILD)/fuzz_token -max_total_time=$(FUZZ_TIME) \
+	    $(BUILD)/corpus-token fuzz/seeds/token
+	$(BUILD)/fuzz_normalize -max_total_time=$(FUZZ_TIME) \
+	    $(BUILD)/corpus-normalize fuzz/seeds/normalize
+
+test: deps all fuzz-short
+	prove -r t/
+
+run: deps all
+	@bash tools/run.sh
+
+bench: deps all
+	@bash bench/run-all.sh
+
+clean:
+	rm -rf $(BUILD)

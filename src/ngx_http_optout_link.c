@@ -1,0 +1,289 @@
+
+/*
+ * The link location: GET and HEAD show a confirmation page and change
+ * nothing (scanners and previewers fetch every link); POST, from the page's
+ * form or as an RFC 8058 one-click request, records the opt-out in the
+ * journal and the store and then answers with a confirmation page.
+ */
+
+
+#include "ngx_http_optout_module.h"
+
+
+#define NGX_HTTP_OPTOUT_JOURNAL_LINE  2048
+
+
+static ngx_int_t ngx_http_optout_link_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_optout_link_record(ngx_http_request_t *r,
+    ngx_http_optout_ctx_t *ctx);
+static void ngx_http_optout_link_done(ngx_http_optout_waiter_t *w);
+static ngx_int_t ngx_http_optout_link_namespace(ngx_http_request_t *r,
+    ngx_http_optout_loc_conf_t *olcf, ngx_http_optout_ctx_t *ctx);
+
+
+char *
+ngx_http_optout_link(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_optout_loc_conf_t *olcf = conf;
+
+    ngx_http_core_loc_conf_t  *clcf;
+
+    if (olcf->link != NGX_CONF_UNSET) {
+        return "is duplicate";
+    }
+
+    olcf->link = 1;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_optout_link_handler;
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_optout_link_handler(ngx_http_request_t *r)
+{
+    int                           rc;
+    u_char                       *p, *last;
+    ngx_int_t                     nrc;
+    ngx_table_elt_t              *allow;
+    ngx_http_optout_ctx_t        *ctx;
+    ngx_http_optout_loc_conf_t   *olcf;
+    ngx_http_optout_main_conf_t  *omcf;
+
+    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD|NGX_HTTP_POST))) {
+        allow = ngx_list_push(&r->headers_out.headers);
+        if (allow == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        allow->hash = 1;
+        ngx_str_set(&allow->key, "Allow");
+        ngx_str_set(&allow->value, "GET, HEAD, POST");
+
+        return NGX_HTTP_NOT_ALLOWED;
+    }
+
+    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_optout_ctx_t));
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_http_set_ctx(r, ctx, ngx_http_optout_module);
+
+    omcf = ngx_http_get_module_main_conf(r, ngx_http_optout_module);
+    olcf = ngx_http_get_module_loc_conf(r, ngx_http_optout_module);
+
+    /* the token is the last path segment */
+
+    last = r->uri.data + r->uri.len;
+
+    for (p = last; p > r->uri.data && p[-1] != '/'; p--) {
+        /* void */
+    }
+
+    ctx->token.data = p;
+    ctx->token.len = last - p;
+
+    rc = optout_token_open(omcf->keys->elts, omcf->keys->nelts,
+                           (char *) ctx->token.data, ctx->token.len,
+                           &ctx->link);
+
+    if (rc != OPTOUT_OK) {
+        ctx->result = NGX_HTTP_OPTOUT_RESULT_INVALID;
+
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "optout: invalid link token: %s",
+                      optout_strerror(rc));
+
+        return NGX_HTTP_NOT_FOUND;
+    }
+
+    ctx->masked.data = ngx_pnalloc(r->pool, OPTOUT_MASKED_MAX + 1);
+    if (ctx->masked.data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->masked.len = optout_mask_dest(&ctx->link.dest,
+                                       (char *) ctx->masked.data);
+
+    nrc = ngx_http_optout_link_namespace(r, olcf, ctx);
+    if (nrc != NGX_OK) {
+        return nrc;
+    }
+
+    if (r->method == NGX_HTTP_POST) {
+        return ngx_http_optout_link_record(r, ctx);
+    }
+
+    nrc = ngx_http_discard_request_body(r);
+    if (nrc != NGX_OK) {
+        return nrc;
+    }
+
+    ctx->result = NGX_HTTP_OPTOUT_RESULT_CONFIRM;
+
+    return ngx_http_optout_page_send(r, olcf->confirm_page, ctx);
+}
+
+
+static ngx_int_t
+ngx_http_optout_link_namespace(ngx_http_request_t *r,
+    ngx_http_optout_loc_conf_t *olcf, ngx_http_optout_ctx_t *ctx)
+{
+    if (olcf->namespace == NULL) {
+        ngx_str_null(&ctx->ns);
+        return NGX_OK;
+    }
+
+    if (ngx_http_complex_value(r, olcf->namespace, &ctx->ns) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (optout_check_namespace((char *) ctx->ns.data, ctx->ns.len)
+        != OPTOUT_OK)
+    {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "optout: invalid namespace \"%V\", it must be up to "
+                      "64 characters of A-Z a-z 0-9 . _ : -", &ctx->ns);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_optout_link_record(ngx_http_request_t *r, ngx_http_optout_ctx_t *ctx)
+{
+    size_t                        key_len, value_len, line_len;
+    u_char                       *line;
+    ngx_int_t                     rc;
+    ngx_time_t                   *tp;
+    optout_rule_t                 rule;
+    optout_journal_rec_t          rec;
+    ngx_http_optout_main_conf_t  *omcf;
+    char                          key[OPTOUT_STORE_KEY_MAX + 1];
+    char                          value[OPTOUT_VALUE_MAX + 1];
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    omcf = ngx_http_get_module_main_conf(r, ngx_http_optout_module);
+
+    if (optout_store_key(omcf->store_mac, (char *) omcf->store_prefix.data,
+                         omcf->store_prefix.len, (char *) ctx->ns.data,
+                         ctx->ns.len, ctx->link.sender, ctx->link.sender_len,
+                         &ctx->link.dest, key, &key_len)
+        != OPTOUT_OK)
+    {
+        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                      "optout: cannot derive the store key");
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    tp = ngx_timeofday();
+
+    rule.campaign = ctx->link.campaign;
+    rule.time = tp->sec;
+    rule.source = OPTOUT_SOURCE_LINK;
+    rule.channel = ctx->link.dest.type;
+    rule.key_id = ctx->link.key_id;
+
+    value_len = optout_rule_format(&rule, value);
+
+    rec.time = tp->sec + tp->msec / 1000.0;
+    rec.action = "optout";
+    rec.ns = (char *) ctx->ns.data;
+    rec.ns_len = ctx->ns.len;
+    rec.dest = &ctx->link.dest;
+    rec.sender = ctx->link.sender_len ? ctx->link.sender : NULL;
+    rec.sender_len = ctx->link.sender_len;
+    rec.campaign = ctx->link.campaign;
+    rec.source = OPTOUT_SOURCE_LINK;
+    rec.client = (char *) r->connection->addr_text.data;
+    rec.client_len = r->connection->addr_text.len;
+    rec.key_id = ctx->link.key_id;
+
+    line = ngx_pnalloc(r->pool, NGX_HTTP_OPTOUT_JOURNAL_LINE);
+    if (line == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    line_len = optout_journal_format(&rec, (char *) line,
+                                     NGX_HTTP_OPTOUT_JOURNAL_LINE);
+    if (line_len == 0) {
+        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                      "optout: journal line too long");
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->journal_waiter.handler = ngx_http_optout_link_done;
+    ctx->journal_waiter.data = r;
+    ctx->store_waiter.handler = ngx_http_optout_link_done;
+    ctx->store_waiter.data = r;
+
+    if (ngx_http_optout_journal_append(omcf->journal, line, line_len,
+                                       &ctx->journal_waiter)
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->pending = 1;
+
+    /* the journal has the opt-out even if the store cannot take it now */
+
+    if (ngx_http_optout_store_add(r, omcf->store, (u_char *) key, key_len,
+                                  (u_char *) value, value_len,
+                                  &ctx->store_waiter)
+        == NGX_OK)
+    {
+        ctx->pending++;
+    }
+
+    /* both completions come from the event loop, never from here */
+
+    r->main->count++;
+    r->main->blocked++;
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_optout_link_done(ngx_http_optout_waiter_t *w)
+{
+    ngx_http_request_t *r = w->data;
+
+    ngx_int_t                    rc;
+    ngx_connection_t            *c;
+    ngx_http_optout_ctx_t       *ctx;
+    ngx_http_optout_loc_conf_t  *olcf;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_optout_module);
+
+    if (--ctx->pending) {
+        return;
+    }
+
+    c = r->connection;
+
+    r->main->blocked--;
+
+    if (ctx->journal_waiter.rc != NGX_OK) {
+        ctx->result = NGX_HTTP_OPTOUT_RESULT_ERROR;
+        rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+
+    } else {
+        ctx->result = NGX_HTTP_OPTOUT_RESULT_RECORDED;
+        olcf = ngx_http_get_module_loc_conf(r, ngx_http_optout_module);
+        rc = ngx_http_optout_page_send(r, olcf->done_page, ctx);
+    }
+
+    ngx_http_finalize_request(r, rc);
+    ngx_http_run_posted_requests(c);
+}

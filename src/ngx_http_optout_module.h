@@ -1,0 +1,142 @@
+
+/*
+ * ngx_http_optout_module: signed one-click opt-out links and the block
+ * rules they record.  Types shared by the module's files.
+ */
+
+
+#ifndef _NGX_HTTP_OPTOUT_MODULE_H_INCLUDED_
+#define _NGX_HTTP_OPTOUT_MODULE_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include <ngx_thread_pool.h>
+
+#include "optout_core.h"
+
+
+#define NGX_HTTP_OPTOUT_RESULT_NONE      0
+#define NGX_HTTP_OPTOUT_RESULT_CONFIRM   1
+#define NGX_HTTP_OPTOUT_RESULT_RECORDED  2
+#define NGX_HTTP_OPTOUT_RESULT_INVALID   3
+#define NGX_HTTP_OPTOUT_RESULT_ERROR     4
+
+
+typedef struct ngx_http_optout_store_s    ngx_http_optout_store_t;
+typedef struct ngx_http_optout_journal_s  ngx_http_optout_journal_t;
+typedef struct ngx_http_optout_waiter_s   ngx_http_optout_waiter_t;
+
+typedef void (*ngx_http_optout_done_pt)(ngx_http_optout_waiter_t *w);
+
+
+/* one asynchronous operation a request waits for */
+struct ngx_http_optout_waiter_s {
+    ngx_queue_t                  queue;
+    ngx_http_optout_done_pt      handler;
+    void                        *data;
+    ngx_int_t                    rc;
+};
+
+
+typedef struct {
+    ngx_str_t                    text;
+    ngx_uint_t                   var;       /* NGX_HTTP_OPTOUT_TPL_* */
+} ngx_http_optout_tpl_part_t;
+
+#define NGX_HTTP_OPTOUT_TPL_TEXT         0
+#define NGX_HTTP_OPTOUT_TPL_DESTINATION  1
+#define NGX_HTTP_OPTOUT_TPL_SENDER       2
+#define NGX_HTTP_OPTOUT_TPL_ACTION       3
+
+
+typedef struct {
+    ngx_array_t                 *parts;     /* ngx_http_optout_tpl_part_t */
+    ngx_str_t                    file;
+} ngx_http_optout_tpl_t;
+
+
+typedef struct {
+    ngx_str_t                    store_conf;
+    ngx_str_t                    store_prefix;
+    ngx_msec_t                   store_timeout;
+    ngx_str_t                    thread_pool_name;
+
+    ngx_array_t                 *keys;      /* optout_key_t, signer first */
+    optout_mac_t                *store_mac;
+    ngx_str_t                    store_secret_file;
+
+    ngx_open_file_t             *journal_file;
+
+    ngx_thread_pool_t           *thread_pool;
+
+    /* per worker, set in init_process */
+    ngx_http_optout_store_t     *store;
+    ngx_http_optout_journal_t   *journal;
+} ngx_http_optout_main_conf_t;
+
+
+typedef struct {
+    ngx_flag_t                   link;
+    ngx_http_complex_value_t    *namespace;
+    ngx_http_optout_tpl_t       *confirm_page;
+    ngx_http_optout_tpl_t       *done_page;
+} ngx_http_optout_loc_conf_t;
+
+
+typedef struct {
+    optout_link_t                link;
+    ngx_uint_t                   result;
+    ngx_str_t                    masked;
+    ngx_str_t                    token;
+    ngx_str_t                    ns;
+
+    ngx_uint_t                   pending;
+    ngx_http_optout_waiter_t     journal_waiter;
+    ngx_http_optout_waiter_t     store_waiter;
+} ngx_http_optout_ctx_t;
+
+
+extern ngx_module_t  ngx_http_optout_module;
+
+
+/* ngx_http_optout_link.c */
+char *ngx_http_optout_link(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+
+/* ngx_http_optout_page.c */
+char *ngx_http_optout_page_set(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_http_optout_tpl_t *ngx_http_optout_page_default(ngx_conf_t *cf,
+    ngx_uint_t done);
+ngx_int_t ngx_http_optout_page_send(ngx_http_request_t *r,
+    ngx_http_optout_tpl_t *tpl, ngx_http_optout_ctx_t *ctx);
+
+/* ngx_http_optout_store.c */
+char *ngx_http_optout_store_conf(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_int_t ngx_http_optout_store_init_worker(ngx_cycle_t *cycle,
+    ngx_http_optout_main_conf_t *omcf);
+void ngx_http_optout_store_exit_worker(ngx_cycle_t *cycle,
+    ngx_http_optout_main_conf_t *omcf);
+ngx_int_t ngx_http_optout_store_add(ngx_http_request_t *r,
+    ngx_http_optout_store_t *store, u_char *key, size_t key_len,
+    u_char *value, size_t value_len, ngx_http_optout_waiter_t *w);
+
+/* ngx_http_optout_journal.c */
+char *ngx_http_optout_journal_conf(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_int_t ngx_http_optout_journal_init_module(ngx_cycle_t *cycle,
+    ngx_http_optout_main_conf_t *omcf);
+ngx_int_t ngx_http_optout_journal_init_worker(ngx_cycle_t *cycle,
+    ngx_http_optout_main_conf_t *omcf);
+void ngx_http_optout_journal_exit_worker(ngx_cycle_t *cycle,
+    ngx_http_optout_main_conf_t *omcf);
+ngx_int_t ngx_http_optout_journal_append(ngx_http_optout_journal_t *j,
+    u_char *line, size_t len, ngx_http_optout_waiter_t *w);
+
+/* ngx_http_optout_variables.c */
+ngx_int_t ngx_http_optout_add_variables(ngx_conf_t *cf);
+
+
+#endif /* _NGX_HTTP_OPTOUT_MODULE_H_INCLUDED_ */

@@ -1,0 +1,169 @@
+
+/*
+ * Variables: what the module decided for this request, for log_format,
+ * map, auth_request_set and other modules.  They read the request's module
+ * context, so they are not cacheable, and a value that does not apply is
+ * "not found".
+ */
+
+
+#include "ngx_http_optout_module.h"
+
+
+static ngx_int_t ngx_http_optout_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+
+
+#define NGX_HTTP_OPTOUT_VAR_DESTINATION  0
+#define NGX_HTTP_OPTOUT_VAR_CAMPAIGN     1
+#define NGX_HTTP_OPTOUT_VAR_RESULT       2
+#define NGX_HTTP_OPTOUT_VAR_SCOPE        3
+#define NGX_HTTP_OPTOUT_VAR_SENDER       4
+#define NGX_HTTP_OPTOUT_VAR_KEY_ID       5
+#define NGX_HTTP_OPTOUT_VAR_CHANNEL      6
+
+
+static ngx_http_variable_t  ngx_http_optout_vars[] = {
+
+    { ngx_string("optout_destination"), NULL, ngx_http_optout_variable,
+      NGX_HTTP_OPTOUT_VAR_DESTINATION, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("optout_campaign"), NULL, ngx_http_optout_variable,
+      NGX_HTTP_OPTOUT_VAR_CAMPAIGN, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("optout_result"), NULL, ngx_http_optout_variable,
+      NGX_HTTP_OPTOUT_VAR_RESULT, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("optout_scope"), NULL, ngx_http_optout_variable,
+      NGX_HTTP_OPTOUT_VAR_SCOPE, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("optout_sender"), NULL, ngx_http_optout_variable,
+      NGX_HTTP_OPTOUT_VAR_SENDER, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("optout_key_id"), NULL, ngx_http_optout_variable,
+      NGX_HTTP_OPTOUT_VAR_KEY_ID, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("optout_channel"), NULL, ngx_http_optout_variable,
+      NGX_HTTP_OPTOUT_VAR_CHANNEL, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+      ngx_http_null_variable
+};
+
+
+static ngx_str_t  ngx_http_optout_results[] = {
+    ngx_null_string,
+    ngx_string("confirm"),
+    ngx_string("recorded"),
+    ngx_string("invalid"),
+    ngx_string("error")
+};
+
+
+ngx_int_t
+ngx_http_optout_add_variables(ngx_conf_t *cf)
+{
+    ngx_http_variable_t  *var, *v;
+
+    for (v = ngx_http_optout_vars; v->name.len; v++) {
+        var = ngx_http_add_variable(cf, &v->name, v->flags);
+        if (var == NULL) {
+            return NGX_ERROR;
+        }
+
+        var->get_handler = v->get_handler;
+        var->data = v->data;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_optout_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
+    uintptr_t data)
+{
+    u_char                 *p;
+    const char             *s;
+    ngx_http_optout_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_optout_module);
+
+    if (ctx == NULL || ctx->result == NGX_HTTP_OPTOUT_RESULT_NONE) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    if (data != NGX_HTTP_OPTOUT_VAR_RESULT
+        && ctx->result == NGX_HTTP_OPTOUT_RESULT_INVALID)
+    {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    switch (data) {
+
+    case NGX_HTTP_OPTOUT_VAR_DESTINATION:
+        v->data = ctx->masked.data;
+        v->len = ctx->masked.len;
+        break;
+
+    case NGX_HTTP_OPTOUT_VAR_CAMPAIGN:
+        p = ngx_pnalloc(r->pool, NGX_INT64_LEN);
+        if (p == NULL) {
+            return NGX_ERROR;
+        }
+
+        v->data = p;
+        v->len = ngx_sprintf(p, "%uL", ctx->link.campaign) - p;
+        break;
+
+    case NGX_HTTP_OPTOUT_VAR_RESULT:
+        v->data = ngx_http_optout_results[ctx->result].data;
+        v->len = ngx_http_optout_results[ctx->result].len;
+        break;
+
+    case NGX_HTTP_OPTOUT_VAR_SCOPE:
+        if (ctx->link.sender_len) {
+            v->data = (u_char *) "sender";
+            v->len = sizeof("sender") - 1;
+
+        } else {
+            v->data = (u_char *) "account";
+            v->len = sizeof("account") - 1;
+        }
+
+        break;
+
+    case NGX_HTTP_OPTOUT_VAR_SENDER:
+        if (ctx->link.sender_len == 0) {
+            v->not_found = 1;
+            return NGX_OK;
+        }
+
+        v->data = (u_char *) ctx->link.sender;
+        v->len = ctx->link.sender_len;
+        break;
+
+    case NGX_HTTP_OPTOUT_VAR_KEY_ID:
+        p = ngx_pnalloc(r->pool, NGX_INT_T_LEN);
+        if (p == NULL) {
+            return NGX_ERROR;
+        }
+
+        v->data = p;
+        v->len = ngx_sprintf(p, "%ui", (ngx_uint_t) ctx->link.key_id) - p;
+        break;
+
+    default: /* NGX_HTTP_OPTOUT_VAR_CHANNEL */
+        s = optout_channel_name(ctx->link.dest.type);
+        v->data = (u_char *) s;
+        v->len = ngx_strlen(s);
+        break;
+    }
+
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
