@@ -36,7 +36,7 @@ static ngx_conf_post_handler_pt  ngx_http_optout_store_prefix_p =
 static ngx_command_t  ngx_http_optout_commands[] = {
 
     { ngx_string("optout_store"),
-      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
       ngx_http_optout_store_conf,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,

@@ -83,7 +83,10 @@ ngx_http_optout_store_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_http_optout_main_conf_t *omcf = conf;
 
     char        err[256];
+    u_char     *p;
+    size_t      len;
     ngx_str_t  *value;
+    ngx_uint_t  i;
 
     if (omcf->store_conf.len) {
         return "is duplicate";
@@ -91,21 +94,46 @@ ngx_http_optout_store_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     value = cf->args->elts;
 
-    if (value[1].len == 0) {
+    /* several arguments are one configuration string, space-separated */
+
+    len = 0;
+    for (i = 1; i < cf->args->nelts; i++) {
+        len += value[i].len + 1;
+    }
+
+    p = ngx_pnalloc(cf->pool, len);
+    if (p == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    omcf->store_conf.data = p;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+        if (i > 1) {
+            *p++ = ' ';
+        }
+
+        p = ngx_cpymem(p, value[i].data, value[i].len);
+    }
+
+    omcf->store_conf.len = p - omcf->store_conf.data;
+    *p = '\0';
+
+    if (omcf->store_conf.len == 0) {
         return "is empty";
     }
 
-    if (libmemcached_check_configuration((char *) value[1].data,
-                                         value[1].len, err, sizeof(err))
+    if (libmemcached_check_configuration((char *) omcf->store_conf.data,
+                                         omcf->store_conf.len, err,
+                                         sizeof(err))
         != MEMCACHED_SUCCESS)
     {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid libmemcached configuration \"%V\" "
-                           "in \"%V\": %s", &value[1], &cmd->name, err);
+                           "in \"%V\": %s", &omcf->store_conf, &cmd->name,
+                           err);
         return NGX_CONF_ERROR;
     }
-
-    omcf->store_conf = value[1];
 
     return NGX_CONF_OK;
 }

@@ -4,7 +4,7 @@
 # there.  Extra packages may be passed as arguments (bench/ asks for wrk).
 set -euo pipefail
 
-pkgs=(make gcc clang libclang-rt-dev perl procps
+pkgs=(make gcc clang libclang-rt-dev perl procps openssl
       nginx nginx-dev memcached libmemcached-dev libssl-dev libjansson-dev
       "$@")
 
