@@ -18,7 +18,9 @@ FUZZ_TIME ?= 300
 CORE_SRCS := src/optout_normalize.c src/optout_token.c src/optout_crypto.c \
              src/optout_record.c
 CORE_HDRS := src/optout_core.h
-MOD_SRCS  := $(wildcard src/ngx_http_optout_*.c src/ngx_http_optout_*.h)
+MC_SRCS   := src/optout_memcached.c src/optout_memcached.h
+MOD_SRCS  := $(wildcard src/ngx_http_optout_*.c src/ngx_http_optout_*.h) \
+             $(MC_SRCS)
 
 .PHONY: all module tools deps test unit fuzz fuzz-short run bench clean
 
@@ -35,9 +37,10 @@ $(BUILD)/ngx_http_optout_module.so: config $(MOD_SRCS) $(CORE_SRCS) \
 
 tools: $(BUILD)/optoutctl $(BUILD)/test_core
 
-$(BUILD)/optoutctl: tools/optoutctl.c $(CORE_SRCS) $(CORE_HDRS)
+$(BUILD)/optoutctl: tools/optoutctl.c $(CORE_SRCS) $(CORE_HDRS) $(MC_SRCS)
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) $(WARN) -Isrc -o $@ tools/optoutctl.c $(CORE_SRCS) \
+	    src/optout_memcached.c \
 	    $(LIBS) -lmemcached -ljansson
 
 $(BUILD)/test_core: tests/unit/test_core.c $(CORE_SRCS) $(CORE_HDRS)
