@@ -31,6 +31,7 @@ struct ngx_http_optout_journal_s {
     ngx_http_optout_batch_t     *filling;
     ngx_http_optout_batch_t     *writing;
     ngx_event_t                  fail_event;
+    ngx_fd_t                     checked_fd;
 };
 
 
@@ -43,6 +44,7 @@ typedef struct {
 
 
 static ngx_int_t ngx_http_optout_journal_post(ngx_http_optout_journal_t *j);
+static void ngx_http_optout_journal_reopened(ngx_http_optout_journal_t *j);
 static void ngx_http_optout_journal_fail(ngx_event_t *ev);
 static void ngx_http_optout_journal_thread(void *data, ngx_log_t *log);
 static void ngx_http_optout_journal_done(ngx_event_t *ev);
@@ -86,7 +88,9 @@ ngx_http_optout_journal_init_module(ngx_cycle_t *cycle,
     ngx_http_optout_main_conf_t *omcf)
 {
     u_char            c;
-    ngx_fd_t          fd;
+    ssize_t           n;
+    ngx_fd_t          fd, rfd;
+    ngx_err_t         err;
     ngx_file_info_t   fi;
 
     fd = omcf->journal_file->fd;
@@ -115,8 +119,24 @@ ngx_http_optout_journal_init_module(ngx_cycle_t *cycle,
         return NGX_OK;
     }
 
-    if (pread(fd, &c, 1, ngx_file_size(&fi) - 1) != 1) {
+    /* the descriptor nginx opened is write-only */
+
+    rfd = ngx_open_file(omcf->journal_file->name.data, NGX_FILE_RDONLY,
+                        NGX_FILE_OPEN, 0);
+    if (rfd == NGX_INVALID_FILE) {
         ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
+                      "optout: cannot open journal \"%V\" for reading",
+                      &omcf->journal_file->name);
+        return NGX_ERROR;
+    }
+
+    n = pread(rfd, &c, 1, ngx_file_size(&fi) - 1);
+    err = ngx_errno;
+
+    (void) ngx_close_file(rfd);
+
+    if (n != 1) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, err,
                       "optout: cannot read the end of journal \"%V\"",
                       &omcf->journal_file->name);
         return NGX_ERROR;
@@ -167,6 +187,7 @@ ngx_http_optout_journal_init_worker(ngx_cycle_t *cycle,
     }
 
     j->filling = &j->batch[0];
+    j->checked_fd = omcf->journal_file->fd;
 
     j->fail_event.handler = ngx_http_optout_journal_fail;
     j->fail_event.data = j;
@@ -256,6 +277,10 @@ ngx_http_optout_journal_post(ngx_http_optout_journal_t *j)
      * on the event loop may close the original meanwhile
      */
 
+    if (j->file->fd != j->checked_fd) {
+        ngx_http_optout_journal_reopened(j);
+    }
+
     fd = dup(j->file->fd);
 
     if (fd == -1) {
@@ -294,6 +319,30 @@ failed:
     }
 
     return NGX_ERROR;
+}
+
+
+/*
+ * "nginx -s reopen" creates the new file with the default mode: take away
+ * access for others, as at start, since the journal holds destinations
+ */
+
+static void
+ngx_http_optout_journal_reopened(ngx_http_optout_journal_t *j)
+{
+    ngx_file_info_t  fi;
+
+    j->checked_fd = j->file->fd;
+
+    if (ngx_fd_info(j->file->fd, &fi) == NGX_FILE_ERROR) {
+        return;
+    }
+
+    if ((fi.st_mode & S_IRWXO) && fchmod(j->file->fd, fi.st_mode & 0770) == -1)
+    {
+        ngx_log_error(NGX_LOG_WARN, j->log, ngx_errno,
+                      "optout: fchmod(\"%V\") failed", &j->file->name);
+    }
 }
 
 
