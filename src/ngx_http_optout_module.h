@@ -27,8 +27,12 @@
 typedef struct ngx_http_optout_store_s    ngx_http_optout_store_t;
 typedef struct ngx_http_optout_journal_s  ngx_http_optout_journal_t;
 typedef struct ngx_http_optout_waiter_s   ngx_http_optout_waiter_t;
+typedef struct ngx_http_optout_cache_s    ngx_http_optout_cache_t;
+
+typedef struct ngx_http_optout_lookup_s    ngx_http_optout_lookup_t;
 
 typedef void (*ngx_http_optout_done_pt)(ngx_http_optout_waiter_t *w);
+typedef void (*ngx_http_optout_lookup_pt)(ngx_http_optout_lookup_t *lk);
 
 
 /* one asynchronous operation a request waits for */
@@ -37,6 +41,29 @@ struct ngx_http_optout_waiter_s {
     ngx_http_optout_done_pt      handler;
     void                        *data;
     ngx_int_t                    rc;
+};
+
+
+#define NGX_HTTP_OPTOUT_LOOKUP_KEYS  2
+
+
+/*
+ * A lookup of the rules of one destination (account-wide and per sender).
+ * rc: NGX_OK, NGX_ERROR (memcached failed or timed out) or NGX_DECLINED
+ * (a server that holds one of the keys lost its marker: not seeded).
+ */
+struct ngx_http_optout_lookup_s {
+    ngx_queue_t                  queue;
+    void                        *batch;
+    ngx_uint_t                   nkeys;
+    u_char                      *key[NGX_HTTP_OPTOUT_LOOKUP_KEYS];
+    size_t                       key_len[NGX_HTTP_OPTOUT_LOOKUP_KEYS];
+    ngx_uint_t                   index[NGX_HTTP_OPTOUT_LOOKUP_KEYS];
+    ngx_uint_t                   found[NGX_HTTP_OPTOUT_LOOKUP_KEYS];
+    optout_rule_t                rule[NGX_HTTP_OPTOUT_LOOKUP_KEYS];
+    ngx_int_t                    rc;
+    ngx_http_optout_lookup_pt    handler;
+    void                        *data;
 };
 
 
@@ -70,6 +97,8 @@ typedef struct {
     ngx_open_file_t             *journal_file;
 
     ngx_thread_pool_t           *thread_pool;
+
+    ngx_http_optout_cache_t     *cache;     /* NULL: no optout_cache */
 
     /* per worker, set in init_process */
     ngx_http_optout_store_t     *store;
@@ -119,6 +148,9 @@ ngx_int_t ngx_http_optout_store_init_worker(ngx_cycle_t *cycle,
     ngx_http_optout_main_conf_t *omcf);
 void ngx_http_optout_store_exit_worker(ngx_cycle_t *cycle,
     ngx_http_optout_main_conf_t *omcf);
+ngx_int_t ngx_http_optout_store_lookup(ngx_http_optout_store_t *store,
+    ngx_http_optout_lookup_t *lk);
+void ngx_http_optout_store_lookup_cancel(ngx_http_optout_lookup_t *lk);
 ngx_int_t ngx_http_optout_store_add(ngx_http_request_t *r,
     ngx_http_optout_store_t *store, u_char *key, size_t key_len,
     u_char *value, size_t value_len, ngx_http_optout_waiter_t *w);
@@ -134,6 +166,16 @@ void ngx_http_optout_journal_exit_worker(ngx_cycle_t *cycle,
     ngx_http_optout_main_conf_t *omcf);
 ngx_int_t ngx_http_optout_journal_append(ngx_http_optout_journal_t *j,
     u_char *line, size_t len, ngx_http_optout_waiter_t *w);
+
+/* ngx_http_optout_cache.c */
+char *ngx_http_optout_cache_conf(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_int_t ngx_http_optout_cache_get(ngx_http_optout_cache_t *cache,
+    u_char *key, size_t len, optout_rule_t *rule);
+void ngx_http_optout_cache_put(ngx_http_optout_cache_t *cache, u_char *key,
+    size_t len, optout_rule_t *rule);
+void ngx_http_optout_cache_remove(ngx_http_optout_cache_t *cache,
+    u_char *key, size_t len);
 
 /* ngx_http_optout_variables.c */
 ngx_int_t ngx_http_optout_add_variables(ngx_conf_t *cf);

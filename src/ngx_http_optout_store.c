@@ -10,8 +10,9 @@
 
 #include "ngx_http_optout_module.h"
 
-#include <libmemcached/memcached.h>
 #include <libmemcachedutil-1.0/pool.h>
+
+#include "optout_memcached.h"
 
 
 #define NGX_HTTP_OPTOUT_POOL_MAX        64
@@ -19,6 +20,36 @@
 #define NGX_HTTP_OPTOUT_RETRY_MAX       1000000
 #define NGX_HTTP_OPTOUT_RETRY_MIN       1000
 #define NGX_HTTP_OPTOUT_RETRY_BACKOFF   16000
+
+#define NGX_HTTP_OPTOUT_BATCH_KEYS      (OPTOUT_MARKERS_MAX + 510)
+#define NGX_HTTP_OPTOUT_BATCH_HASH      2048
+#define NGX_HTTP_OPTOUT_INFLIGHT        2
+#define NGX_HTTP_OPTOUT_FREE_BATCHES    8
+
+
+/*
+ * Lookups that arrive while others are in flight wait in one batch and
+ * go to memcached together in one multi-get: the round trip is the cost.
+ * The thread owns the batch's keys and results; the waiters stay on the
+ * event loop, so a request may leave a batch (timeout, close) at any time.
+ */
+
+typedef struct {
+    ngx_thread_task_t            task;
+    ngx_queue_t                  queue;
+    ngx_http_optout_store_t     *store;
+    ngx_queue_t                  waiters;
+    ngx_uint_t                   nkeys;
+    memcached_return_t           rc;
+    const char                  *keys[NGX_HTTP_OPTOUT_BATCH_KEYS];
+    size_t                       lens[NGX_HTTP_OPTOUT_BATCH_KEYS];
+    uint32_t                     server[NGX_HTTP_OPTOUT_BATCH_KEYS];
+    u_char                       found[NGX_HTTP_OPTOUT_BATCH_KEYS];
+    optout_rule_t                rules[NGX_HTTP_OPTOUT_BATCH_KEYS];
+    uint16_t                     hash[NGX_HTTP_OPTOUT_BATCH_HASH];
+    char                         data[NGX_HTTP_OPTOUT_BATCH_KEYS]
+                                     [OPTOUT_STORE_KEY_MAX + 1];
+} ngx_http_optout_batch_t;
 
 
 typedef struct {
@@ -43,6 +74,12 @@ struct ngx_http_optout_store_s {
     ngx_msec_t                   retry_delay;
     ngx_thread_task_t           *retry_task;
     unsigned                     retry_busy:1;
+
+    optout_markers_t             markers;
+    ngx_http_optout_batch_t     *filling;
+    ngx_uint_t                   inflight;
+    ngx_queue_t                  free_batches;
+    ngx_uint_t                   nfree;
 };
 
 
@@ -68,6 +105,14 @@ typedef struct {
 static memcached_return_t ngx_http_optout_store_write(
     ngx_http_optout_store_t *store, u_char *key, size_t key_len,
     u_char *value, size_t value_len);
+static ngx_http_optout_batch_t *ngx_http_optout_batch_get(
+    ngx_http_optout_store_t *store);
+static ngx_int_t ngx_http_optout_batch_add(ngx_http_optout_batch_t *b,
+    u_char *key, size_t len, ngx_uint_t *index);
+static ngx_uint_t ngx_http_optout_batch_hash(const char *key, size_t len);
+static void ngx_http_optout_batch_post(ngx_http_optout_batch_t *b);
+static void ngx_http_optout_batch_thread(void *data, ngx_log_t *log);
+static void ngx_http_optout_batch_done(ngx_event_t *ev);
 static void ngx_http_optout_store_add_thread(void *data, ngx_log_t *log);
 static void ngx_http_optout_store_add_done(ngx_event_t *ev);
 static void ngx_http_optout_store_retry_push(ngx_http_optout_store_t *store,
@@ -143,7 +188,7 @@ ngx_int_t
 ngx_http_optout_store_init_worker(ngx_cycle_t *cycle,
     ngx_http_optout_main_conf_t *omcf)
 {
-    uint64_t                  ms;
+    ngx_msec_t                ms;
     ngx_http_optout_store_t  *store;
 
     store = ngx_pcalloc(cycle->pool, sizeof(ngx_http_optout_store_t));
@@ -159,36 +204,22 @@ ngx_http_optout_store_init_worker(ngx_cycle_t *cycle,
         return NGX_ERROR;
     }
 
-    /*
-     * libmemcached's defaults (seconds-long timeouts, Nagle) are wrong for
-     * a gate; optout_store_timeout bounds every step of a call
-     */
-
-    ms = omcf->store_timeout;
-
-    if (memcached_behavior_set(store->master, MEMCACHED_BEHAVIOR_NO_BLOCK, 1)
-           != MEMCACHED_SUCCESS
-        || memcached_behavior_set(store->master,
-                                  MEMCACHED_BEHAVIOR_TCP_NODELAY, 1)
-           != MEMCACHED_SUCCESS
-        || memcached_behavior_set(store->master,
-                                  MEMCACHED_BEHAVIOR_CONNECT_TIMEOUT, ms)
-           != MEMCACHED_SUCCESS
-        || memcached_behavior_set(store->master,
-                                  MEMCACHED_BEHAVIOR_POLL_TIMEOUT, ms)
-           != MEMCACHED_SUCCESS
-        || memcached_behavior_set(store->master,
-                                  MEMCACHED_BEHAVIOR_RCV_TIMEOUT, ms * 1000)
-           != MEMCACHED_SUCCESS
-        || memcached_behavior_set(store->master,
-                                  MEMCACHED_BEHAVIOR_SND_TIMEOUT, ms * 1000)
-           != MEMCACHED_SUCCESS
-        || memcached_behavior_set(store->master,
-                                  MEMCACHED_BEHAVIOR_RETRY_TIMEOUT, 1)
-           != MEMCACHED_SUCCESS)
-    {
+    if (optout_mc_tune(store->master, omcf->store_timeout) != 0) {
         ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
                       "optout: memcached_behavior_set() failed");
+        memcached_free(store->master);
+        return NGX_ERROR;
+    }
+
+    if (optout_markers(store->master, (char *) omcf->store_prefix.data,
+                       omcf->store_prefix.len, &store->markers)
+        != OPTOUT_OK)
+    {
+        ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
+                      "optout: cannot place a marker on each of the %uD "
+                      "memcached servers (at most %d)",
+                      memcached_server_count(store->master),
+                      OPTOUT_MARKERS_MAX);
         memcached_free(store->master);
         return NGX_ERROR;
     }
@@ -202,6 +233,8 @@ ngx_http_optout_store_init_worker(ngx_cycle_t *cycle,
         return NGX_ERROR;
     }
 
+    ms = omcf->store_timeout;
+
     store->wait.tv_sec = ms / 1000;
     store->wait.tv_nsec = (ms % 1000) * 1000000;
 
@@ -209,6 +242,7 @@ ngx_http_optout_store_init_worker(ngx_cycle_t *cycle,
     store->log = cycle->log;
 
     ngx_queue_init(&store->retry);
+    ngx_queue_init(&store->free_batches);
     store->retry_delay = NGX_HTTP_OPTOUT_RETRY_MIN;
 
     store->retry_event.handler = ngx_http_optout_store_retry_handler;
@@ -255,12 +289,362 @@ ngx_http_optout_store_exit_worker(ngx_cycle_t *cycle,
         ngx_free(ngx_queue_data(q, ngx_http_optout_retry_t, queue));
     }
 
+    while (!ngx_queue_empty(&store->free_batches)) {
+        q = ngx_queue_head(&store->free_batches);
+        ngx_queue_remove(q);
+        ngx_free(ngx_queue_data(q, ngx_http_optout_batch_t, queue));
+    }
+
+    if (store->filling) {
+        ngx_free(store->filling);
+    }
+
     master = memcached_pool_destroy(store->pool);
     if (master) {
         memcached_free(master);
     }
 
     omcf->store = NULL;
+}
+
+
+ngx_int_t
+ngx_http_optout_store_lookup(ngx_http_optout_store_t *store,
+    ngx_http_optout_lookup_t *lk)
+{
+    ngx_uint_t                i;
+    ngx_http_optout_batch_t  *b;
+
+    b = store->filling;
+
+    if (b && b->nkeys + lk->nkeys > NGX_HTTP_OPTOUT_BATCH_KEYS) {
+        /* full: it goes now, whatever is in flight */
+        ngx_http_optout_batch_post(b);
+        b = NULL;
+    }
+
+    if (b == NULL) {
+        b = ngx_http_optout_batch_get(store);
+        if (b == NULL) {
+            return NGX_ERROR;
+        }
+
+        store->filling = b;
+    }
+
+    for (i = 0; i < lk->nkeys; i++) {
+        if (ngx_http_optout_batch_add(b, lk->key[i], lk->key_len[i],
+                                      &lk->index[i])
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    ngx_queue_insert_tail(&b->waiters, &lk->queue);
+    lk->batch = b;
+
+    if (store->inflight < NGX_HTTP_OPTOUT_INFLIGHT) {
+        ngx_http_optout_batch_post(b);
+    }
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_optout_store_lookup_cancel(ngx_http_optout_lookup_t *lk)
+{
+    if (lk->batch) {
+        ngx_queue_remove(&lk->queue);
+        lk->batch = NULL;
+    }
+}
+
+
+static ngx_http_optout_batch_t *
+ngx_http_optout_batch_get(ngx_http_optout_store_t *store)
+{
+    ngx_uint_t                i;
+    ngx_queue_t              *q;
+    ngx_http_optout_batch_t  *b;
+
+    if (!ngx_queue_empty(&store->free_batches)) {
+        q = ngx_queue_head(&store->free_batches);
+        ngx_queue_remove(q);
+        store->nfree--;
+        b = ngx_queue_data(q, ngx_http_optout_batch_t, queue);
+
+    } else {
+        b = ngx_alloc(sizeof(ngx_http_optout_batch_t), store->log);
+        if (b == NULL) {
+            return NULL;
+        }
+
+        ngx_memzero(&b->task, sizeof(ngx_thread_task_t));
+
+        b->store = store;
+        b->task.ctx = b;
+        b->task.handler = ngx_http_optout_batch_thread;
+        b->task.event.handler = ngx_http_optout_batch_done;
+        b->task.event.data = b;
+        b->task.event.log = store->log;
+    }
+
+    ngx_queue_init(&b->waiters);
+    ngx_memzero(b->hash, sizeof(b->hash));
+    b->rc = MEMCACHED_SUCCESS;
+    b->nkeys = 0;
+
+    /* the markers come first: a server's marker precedes its keys */
+
+    for (i = 0; i < store->markers.n; i++) {
+        (void) ngx_http_optout_batch_add(b, (u_char *) store->markers.key[i],
+                                         store->markers.len[i], NULL);
+    }
+
+    return b;
+}
+
+
+static ngx_int_t
+ngx_http_optout_batch_add(ngx_http_optout_batch_t *b, u_char *key,
+    size_t len, ngx_uint_t *index)
+{
+    ngx_uint_t  h, i;
+
+    h = ngx_http_optout_batch_hash((char *) key, len);
+
+    /* linear probing; the table is at least twice the batch size */
+
+    for ( ;; ) {
+        i = b->hash[h];
+
+        if (i == 0) {
+            break;
+        }
+
+        i--;
+
+        if (b->lens[i] == len && ngx_memcmp(b->keys[i], key, len) == 0) {
+            if (index) {
+                *index = i;
+            }
+
+            return NGX_OK;
+        }
+
+        h = (h + 1) & (NGX_HTTP_OPTOUT_BATCH_HASH - 1);
+    }
+
+    if (b->nkeys == NGX_HTTP_OPTOUT_BATCH_KEYS
+        || len > OPTOUT_STORE_KEY_MAX)
+    {
+        return NGX_ERROR;
+    }
+
+    i = b->nkeys++;
+
+    ngx_memcpy(b->data[i], key, len);
+    b->data[i][len] = '\0';
+    b->keys[i] = b->data[i];
+    b->lens[i] = len;
+    b->found[i] = 0;
+    b->server[i] = memcached_generate_hash(b->store->master, b->keys[i],
+                                           len);
+    b->hash[h] = (uint16_t) (i + 1);
+
+    if (index) {
+        *index = i;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_uint_t
+ngx_http_optout_batch_hash(const char *key, size_t len)
+{
+    uint32_t  h;
+
+    /* FNV-1a; keys end in hex digits of a keyed hash */
+
+    h = 2166136261u;
+
+    while (len--) {
+        h ^= (u_char) *key++;
+        h *= 16777619u;
+    }
+
+    return h & (NGX_HTTP_OPTOUT_BATCH_HASH - 1);
+}
+
+
+static void
+ngx_http_optout_batch_post(ngx_http_optout_batch_t *b)
+{
+    ngx_http_optout_store_t  *store;
+
+    store = b->store;
+
+    if (store->filling == b) {
+        store->filling = NULL;
+    }
+
+    store->inflight++;
+
+    if (ngx_thread_task_post(store->thread_pool, &b->task) != NGX_OK) {
+        /* fails every lookup of the batch from the posted events */
+        b->rc = MEMCACHED_FAILURE;
+        ngx_post_event(&b->task.event, &ngx_posted_events);
+    }
+}
+
+
+static void
+ngx_http_optout_batch_thread(void *data, ngx_log_t *log)
+{
+    ngx_http_optout_batch_t *b = data;
+
+    size_t                klen;
+    ngx_uint_t            h, i;
+    const char           *key;
+    memcached_st         *mc;
+    memcached_return_t    rc;
+    memcached_result_st   result, *res;
+
+    mc = memcached_pool_fetch(b->store->pool, &b->store->wait, &rc);
+    if (mc == NULL) {
+        b->rc = (rc == MEMCACHED_SUCCESS) ? MEMCACHED_FAILURE : rc;
+        return;
+    }
+
+    rc = memcached_mget(mc, b->keys, b->lens, b->nkeys);
+
+    /*
+     * a server that could not be asked answers nothing, not even its
+     * marker, so its keys come out "not seeded" rather than "no rule"
+     */
+
+    if (rc != MEMCACHED_SUCCESS && rc != MEMCACHED_SOME_ERRORS) {
+        b->rc = rc;
+        goto done;
+    }
+
+    if (memcached_result_create(mc, &result) == NULL) {
+        b->rc = MEMCACHED_MEMORY_ALLOCATION_FAILURE;
+        goto done;
+    }
+
+    for ( ;; ) {
+        res = memcached_fetch_result(mc, &result, &rc);
+        if (res == NULL) {
+            break;
+        }
+
+        key = memcached_result_key_value(res);
+        klen = memcached_result_key_length(res);
+
+        h = ngx_http_optout_batch_hash(key, klen);
+
+        while ((i = b->hash[h]) != 0) {
+            i--;
+
+            if (b->lens[i] == klen && ngx_memcmp(b->keys[i], key, klen) == 0) {
+                b->found[i] = 1;
+
+                if (optout_rule_parse(memcached_result_value(res),
+                                      memcached_result_length(res),
+                                      &b->rules[i])
+                    != OPTOUT_OK)
+                {
+                    /* a rule we cannot read still blocks */
+                    ngx_memzero(&b->rules[i], sizeof(optout_rule_t));
+                }
+
+                break;
+            }
+
+            h = (h + 1) & (NGX_HTTP_OPTOUT_BATCH_HASH - 1);
+        }
+    }
+
+    /*
+     * an error in the middle may have cut a server's answer after its
+     * marker: nothing of this batch can be trusted then
+     */
+
+    if (rc != MEMCACHED_END && rc != MEMCACHED_SUCCESS
+        && rc != MEMCACHED_NOTFOUND)
+    {
+        b->rc = rc;
+    }
+
+    memcached_result_free(&result);
+
+done:
+
+    (void) memcached_pool_release(b->store->pool, mc);
+}
+
+
+static void
+ngx_http_optout_batch_done(ngx_event_t *ev)
+{
+    ngx_http_optout_batch_t *b = ev->data;
+
+    ngx_uint_t                 i, k, marker;
+    ngx_queue_t               *q;
+    ngx_http_optout_store_t   *store;
+    ngx_http_optout_lookup_t  *lk;
+
+    store = b->store;
+    store->inflight--;
+
+    if (b->rc != MEMCACHED_SUCCESS) {
+        ngx_log_error(NGX_LOG_ERR, store->log, 0,
+                      "optout: memcached lookup failed: %s",
+                      memcached_strerror(NULL, b->rc));
+    }
+
+    while (!ngx_queue_empty(&b->waiters)) {
+        q = ngx_queue_head(&b->waiters);
+        ngx_queue_remove(q);
+
+        lk = ngx_queue_data(q, ngx_http_optout_lookup_t, queue);
+        lk->batch = NULL;
+        lk->rc = (b->rc == MEMCACHED_SUCCESS) ? NGX_OK : NGX_ERROR;
+
+        for (k = 0; lk->rc == NGX_OK && k < lk->nkeys; k++) {
+            i = lk->index[k];
+            marker = b->server[i];
+
+            if (marker >= store->markers.n || !b->found[marker]) {
+                lk->rc = NGX_DECLINED;
+                break;
+            }
+
+            lk->found[k] = b->found[i];
+
+            if (b->found[i]) {
+                lk->rule[k] = b->rules[i];
+            }
+        }
+
+        lk->handler(lk);
+    }
+
+    if (store->nfree < NGX_HTTP_OPTOUT_FREE_BATCHES) {
+        ngx_queue_insert_tail(&store->free_batches, &b->queue);
+        store->nfree++;
+
+    } else {
+        ngx_free(b);
+    }
+
+    if (store->filling && store->inflight < NGX_HTTP_OPTOUT_INFLIGHT) {
+        ngx_http_optout_batch_post(store->filling);
+    }
 }
 
 
