@@ -17,8 +17,6 @@ static ngx_int_t ngx_http_optout_link_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_optout_link_record(ngx_http_request_t *r,
     ngx_http_optout_ctx_t *ctx);
 static void ngx_http_optout_link_done(ngx_http_optout_waiter_t *w);
-static ngx_int_t ngx_http_optout_link_namespace(ngx_http_request_t *r,
-    ngx_http_optout_loc_conf_t *olcf, ngx_http_optout_ctx_t *ctx);
 
 
 char *
@@ -108,7 +106,7 @@ ngx_http_optout_link_handler(ngx_http_request_t *r)
     ctx->masked.len = optout_mask_dest(&ctx->link.dest,
                                        (char *) ctx->masked.data);
 
-    nrc = ngx_http_optout_link_namespace(r, olcf, ctx);
+    nrc = ngx_http_optout_namespace(r, olcf, ctx);
     if (nrc != NGX_OK) {
         return nrc;
     }
@@ -128,8 +126,8 @@ ngx_http_optout_link_handler(ngx_http_request_t *r)
 }
 
 
-static ngx_int_t
-ngx_http_optout_link_namespace(ngx_http_request_t *r,
+ngx_int_t
+ngx_http_optout_namespace(ngx_http_request_t *r,
     ngx_http_optout_loc_conf_t *olcf, ngx_http_optout_ctx_t *ctx)
 {
     if (olcf->namespace == NULL) {
@@ -194,6 +192,10 @@ ngx_http_optout_link_record(ngx_http_request_t *r, ngx_http_optout_ctx_t *ctx)
     rule.key_id = ctx->link.key_id;
 
     value_len = optout_rule_format(&rule, value);
+
+    /* this nginx answers checks of this destination as blocked at once */
+
+    ngx_http_optout_cache_rule(r, (u_char *) key, key_len, &rule);
 
     rec.time = tp->sec + tp->msec / 1000.0;
     rec.action = "optout";

@@ -33,6 +33,13 @@ static ngx_conf_post_handler_pt  ngx_http_optout_store_prefix_p =
     ngx_http_optout_store_prefix;
 
 
+static ngx_conf_enum_t  ngx_http_optout_check_fail[] = {
+    { ngx_string("closed"), NGX_HTTP_OPTOUT_FAIL_CLOSED },
+    { ngx_string("open"), NGX_HTTP_OPTOUT_FAIL_OPEN },
+    { ngx_null_string, 0 }
+};
+
+
 static ngx_command_t  ngx_http_optout_commands[] = {
 
     { ngx_string("optout_store"),
@@ -118,6 +125,41 @@ static ngx_command_t  ngx_http_optout_commands[] = {
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_optout_loc_conf_t, done_page),
       NULL },
+
+    { ngx_string("optout_check"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_optout_check,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("optout_check_destination"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_set_complex_value_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_optout_loc_conf_t, check_destination),
+      NULL },
+
+    { ngx_string("optout_check_sender"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_set_complex_value_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_optout_loc_conf_t, check_sender),
+      NULL },
+
+    { ngx_string("optout_check_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_optout_loc_conf_t, check_timeout),
+      NULL },
+
+    { ngx_string("optout_check_fail"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_optout_loc_conf_t, check_fail),
+      &ngx_http_optout_check_fail },
 
       ngx_null_command
 };
@@ -236,7 +278,12 @@ ngx_http_optout_create_loc_conf(ngx_conf_t *cf)
      */
 
     olcf->link = NGX_CONF_UNSET;
+    olcf->check = NGX_CONF_UNSET;
     olcf->namespace = NGX_CONF_UNSET_PTR;
+    olcf->check_destination = NGX_CONF_UNSET_PTR;
+    olcf->check_sender = NGX_CONF_UNSET_PTR;
+    olcf->check_timeout = NGX_CONF_UNSET_MSEC;
+    olcf->check_fail = NGX_CONF_UNSET_UINT;
 
     return olcf;
 }
@@ -251,7 +298,19 @@ ngx_http_optout_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_optout_main_conf_t  *omcf;
 
     ngx_conf_merge_value(conf->link, prev->link, 0);
+    ngx_conf_merge_value(conf->check, prev->check, 0);
     ngx_conf_merge_ptr_value(conf->namespace, prev->namespace, NULL);
+    ngx_conf_merge_ptr_value(conf->check_destination,
+                             prev->check_destination, NULL);
+    ngx_conf_merge_ptr_value(conf->check_sender, prev->check_sender, NULL);
+    ngx_conf_merge_msec_value(conf->check_timeout, prev->check_timeout, 100);
+    ngx_conf_merge_uint_value(conf->check_fail, prev->check_fail,
+                              NGX_HTTP_OPTOUT_FAIL_CLOSED);
+
+    if (conf->check && ngx_http_optout_check_merge(cf, conf) != NGX_CONF_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
 
     if (conf->confirm_page == NULL) {
         conf->confirm_page = prev->confirm_page;

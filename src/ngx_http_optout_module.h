@@ -23,6 +23,16 @@
 #define NGX_HTTP_OPTOUT_RESULT_INVALID   3
 #define NGX_HTTP_OPTOUT_RESULT_ERROR     4
 
+#define NGX_HTTP_OPTOUT_STATUS_NONE         0
+#define NGX_HTTP_OPTOUT_STATUS_ALLOWED      1
+#define NGX_HTTP_OPTOUT_STATUS_BLOCKED      2
+#define NGX_HTTP_OPTOUT_STATUS_INVALID      3
+#define NGX_HTTP_OPTOUT_STATUS_UNAVAILABLE  4
+#define NGX_HTTP_OPTOUT_STATUS_UNVERIFIED   5
+
+#define NGX_HTTP_OPTOUT_FAIL_CLOSED      0
+#define NGX_HTTP_OPTOUT_FAIL_OPEN        1
+
 
 typedef struct ngx_http_optout_store_s    ngx_http_optout_store_t;
 typedef struct ngx_http_optout_journal_s  ngx_http_optout_journal_t;
@@ -108,7 +118,12 @@ typedef struct {
 
 typedef struct {
     ngx_flag_t                   link;
+    ngx_flag_t                   check;
     ngx_http_complex_value_t    *namespace;
+    ngx_http_complex_value_t    *check_destination;
+    ngx_http_complex_value_t    *check_sender;
+    ngx_msec_t                   check_timeout;
+    ngx_uint_t                   check_fail;
     ngx_http_optout_tpl_t       *confirm_page;
     ngx_http_optout_tpl_t       *done_page;
 } ngx_http_optout_loc_conf_t;
@@ -124,6 +139,17 @@ typedef struct {
     ngx_uint_t                   pending;
     ngx_http_optout_waiter_t     journal_waiter;
     ngx_http_optout_waiter_t     store_waiter;
+
+    /* the send-time check */
+    ngx_uint_t                   status;
+    ngx_uint_t                   rule_sender;   /* the rule is per sender */
+    optout_rule_t                rule;
+    ngx_http_optout_lookup_t     lookup;
+    ngx_event_t                  timeout;
+    ngx_http_request_t          *request;
+    const char                  *reason;
+    u_char                       keys[NGX_HTTP_OPTOUT_LOOKUP_KEYS]
+                                     [OPTOUT_STORE_KEY_MAX + 1];
 } ngx_http_optout_ctx_t;
 
 
@@ -132,6 +158,20 @@ extern ngx_module_t  ngx_http_optout_module;
 
 /* ngx_http_optout_link.c */
 char *ngx_http_optout_link(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+ngx_int_t ngx_http_optout_namespace(ngx_http_request_t *r,
+    ngx_http_optout_loc_conf_t *olcf, ngx_http_optout_ctx_t *ctx);
+
+/* ngx_http_optout_check.c */
+char *ngx_http_optout_check(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+char *ngx_http_optout_check_merge(ngx_conf_t *cf,
+    ngx_http_optout_loc_conf_t *conf);
+ngx_int_t ngx_http_optout_unescape(ngx_http_request_t *r, ngx_str_t *v);
+u_char *ngx_http_optout_since(u_char *p, int64_t t);
+void ngx_http_optout_cache_rule(ngx_http_request_t *r, u_char *key,
+    size_t len, optout_rule_t *rule);
+
+/* ngx_http_optout_batch.c */
+ngx_int_t ngx_http_optout_batch_handler(ngx_http_request_t *r);
 
 /* ngx_http_optout_page.c */
 char *ngx_http_optout_page_set(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -151,6 +191,9 @@ void ngx_http_optout_store_exit_worker(ngx_cycle_t *cycle,
 ngx_int_t ngx_http_optout_store_lookup(ngx_http_optout_store_t *store,
     ngx_http_optout_lookup_t *lk);
 void ngx_http_optout_store_lookup_cancel(ngx_http_optout_lookup_t *lk);
+ngx_int_t ngx_http_optout_store_mget(ngx_http_optout_store_t *store,
+    const char **keys, size_t *lens, ngx_uint_t n, u_char *found,
+    optout_rule_t *rules);
 ngx_int_t ngx_http_optout_store_add(ngx_http_request_t *r,
     ngx_http_optout_store_t *store, u_char *key, size_t key_len,
     u_char *value, size_t value_len, ngx_http_optout_waiter_t *w);

@@ -898,3 +898,181 @@ ngx_http_optout_store_retry_done(ngx_event_t *ev)
         ngx_add_timer(&store->retry_event, failed ? store->retry_delay : 1);
     }
 }
+
+
+/*
+ * For batch checks, in a thread only: one multi-get of keys[] and every
+ * server's marker, with a connection of the pool.  Returns NGX_OK,
+ * NGX_ERROR when memcached failed, or NGX_DECLINED when a server that
+ * holds one of the keys lost its marker.
+ */
+
+ngx_int_t
+ngx_http_optout_store_mget(ngx_http_optout_store_t *store, const char **keys,
+    size_t *lens, ngx_uint_t n, u_char *found, optout_rule_t *rules)
+{
+    size_t                klen;
+    uint32_t              h, mask, *table, *next, i, j, total, m;
+    ngx_int_t             rc;
+    const char          **all, *key;
+    memcached_st         *mc;
+    memcached_return_t    mrc;
+    memcached_result_st   result, *res;
+    size_t               *all_lens;
+    u_char               *mfound;
+
+    m = store->markers.n;
+    total = n + m;
+
+    for (mask = 1; mask < total * 2; mask <<= 1) { /* void */ }
+
+    all = malloc(total * sizeof(char *));
+    all_lens = malloc(total * sizeof(size_t));
+    table = calloc(mask, sizeof(uint32_t));
+    next = malloc(total * sizeof(uint32_t));
+    mfound = calloc(m ? m : 1, 1);
+
+    mc = NULL;
+    rc = NGX_ERROR;
+
+    if (all == NULL || all_lens == NULL || table == NULL || next == NULL
+        || mfound == NULL)
+    {
+        goto done;
+    }
+
+    mask--;
+
+    for (i = 0; i < total; i++) {
+        if (i < m) {
+            all[i] = store->markers.key[i];
+            all_lens[i] = store->markers.len[i];
+
+        } else {
+            all[i] = keys[i - m];
+            all_lens[i] = lens[i - m];
+            found[i - m] = 0;
+        }
+
+        /* index + 1 of the first key with this hash chain, equal keys */
+
+        h = ngx_http_optout_batch_hash(all[i], all_lens[i]) & mask;
+        next[i] = 0;
+
+        while (table[h]) {
+            j = table[h] - 1;
+
+            if (all_lens[j] == all_lens[i]
+                && ngx_memcmp(all[j], all[i], all_lens[i]) == 0)
+            {
+                while (next[j]) {
+                    j = next[j] - 1;
+                }
+
+                next[j] = i + 1;
+                goto added;
+            }
+
+            h = (h + 1) & mask;
+        }
+
+        table[h] = i + 1;
+
+    added:
+
+        continue;
+    }
+
+    mc = memcached_pool_fetch(store->pool, &store->wait, &mrc);
+    if (mc == NULL) {
+        goto done;
+    }
+
+    mrc = memcached_mget(mc, all, all_lens, total);
+    if (mrc != MEMCACHED_SUCCESS && mrc != MEMCACHED_SOME_ERRORS) {
+        goto done;
+    }
+
+    if (memcached_result_create(mc, &result) == NULL) {
+        goto done;
+    }
+
+    for ( ;; ) {
+        res = memcached_fetch_result(mc, &result, &mrc);
+        if (res == NULL) {
+            break;
+        }
+
+        key = memcached_result_key_value(res);
+        klen = memcached_result_key_length(res);
+
+        for (h = ngx_http_optout_batch_hash(key, klen) & mask;
+             table[h];
+             h = (h + 1) & mask)
+        {
+            j = table[h] - 1;
+
+            if (all_lens[j] != klen || ngx_memcmp(all[j], key, klen) != 0) {
+                continue;
+            }
+
+            for ( ;; ) {
+                if (j < m) {
+                    mfound[j] = 1;
+
+                } else {
+                    found[j - m] = 1;
+
+                    if (optout_rule_parse(memcached_result_value(res),
+                                          memcached_result_length(res),
+                                          &rules[j - m])
+                        != OPTOUT_OK)
+                    {
+                        ngx_memzero(&rules[j - m], sizeof(optout_rule_t));
+                    }
+                }
+
+                if (next[j] == 0) {
+                    break;
+                }
+
+                j = next[j] - 1;
+            }
+
+            break;
+        }
+    }
+
+    memcached_result_free(&result);
+
+    if (mrc != MEMCACHED_END && mrc != MEMCACHED_SUCCESS
+        && mrc != MEMCACHED_NOTFOUND)
+    {
+        goto done;
+    }
+
+    rc = NGX_OK;
+
+    for (i = 0; i < n; i++) {
+        h = memcached_generate_hash(mc, keys[i], lens[i]);
+
+        if (h >= m || !mfound[h]) {
+            rc = NGX_DECLINED;
+            break;
+        }
+    }
+
+done:
+
+    if (mc) {
+        (void) memcached_pool_release(store->pool, mc);
+    }
+
+    free(all);
+    free(all_lens);
+    free(table);
+    free(next);
+    free(mfound);
+
+    return rc;
+}

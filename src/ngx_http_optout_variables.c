@@ -12,6 +12,9 @@
 
 static ngx_int_t ngx_http_optout_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_optout_check_variable(ngx_http_request_t *r,
+    ngx_http_optout_ctx_t *ctx, ngx_http_variable_value_t *v,
+    uintptr_t data);
 
 
 #define NGX_HTTP_OPTOUT_VAR_DESTINATION  0
@@ -21,6 +24,8 @@ static ngx_int_t ngx_http_optout_variable(ngx_http_request_t *r,
 #define NGX_HTTP_OPTOUT_VAR_SENDER       4
 #define NGX_HTTP_OPTOUT_VAR_KEY_ID       5
 #define NGX_HTTP_OPTOUT_VAR_CHANNEL      6
+#define NGX_HTTP_OPTOUT_VAR_STATUS       7
+#define NGX_HTTP_OPTOUT_VAR_SINCE        8
 
 
 static ngx_http_variable_t  ngx_http_optout_vars[] = {
@@ -46,7 +51,23 @@ static ngx_http_variable_t  ngx_http_optout_vars[] = {
     { ngx_string("optout_channel"), NULL, ngx_http_optout_variable,
       NGX_HTTP_OPTOUT_VAR_CHANNEL, NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
+    { ngx_string("optout_status"), NULL, ngx_http_optout_variable,
+      NGX_HTTP_OPTOUT_VAR_STATUS, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("optout_since"), NULL, ngx_http_optout_variable,
+      NGX_HTTP_OPTOUT_VAR_SINCE, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
       ngx_http_null_variable
+};
+
+
+static ngx_str_t  ngx_http_optout_statuses[] = {
+    ngx_null_string,
+    ngx_string("allowed"),
+    ngx_string("blocked"),
+    ngx_string("invalid"),
+    ngx_string("unavailable"),
+    ngx_string("unverified")
 };
 
 
@@ -88,13 +109,20 @@ ngx_http_optout_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_optout_module);
 
-    if (ctx == NULL || ctx->result == NGX_HTTP_OPTOUT_RESULT_NONE) {
+    if (ctx == NULL) {
         v->not_found = 1;
         return NGX_OK;
     }
 
-    if (data != NGX_HTTP_OPTOUT_VAR_RESULT
-        && ctx->result == NGX_HTTP_OPTOUT_RESULT_INVALID)
+    if (ctx->status != NGX_HTTP_OPTOUT_STATUS_NONE) {
+        return ngx_http_optout_check_variable(r, ctx, v, data);
+    }
+
+    if (ctx->result == NGX_HTTP_OPTOUT_RESULT_NONE
+        || data == NGX_HTTP_OPTOUT_VAR_STATUS
+        || data == NGX_HTTP_OPTOUT_VAR_SINCE
+        || (data != NGX_HTTP_OPTOUT_VAR_RESULT
+            && ctx->result == NGX_HTTP_OPTOUT_RESULT_INVALID))
     {
         v->not_found = 1;
         return NGX_OK;
@@ -164,6 +192,87 @@ ngx_http_optout_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
     v->valid = 1;
     v->no_cacheable = 1;
     v->not_found = 0;
+
+    return NGX_OK;
+}
+
+
+/* the same variables for a send-time check: they describe its answer */
+
+static ngx_int_t
+ngx_http_optout_check_variable(ngx_http_request_t *r,
+    ngx_http_optout_ctx_t *ctx, ngx_http_variable_value_t *v, uintptr_t data)
+{
+    u_char  *p;
+
+    switch (data) {
+
+    case NGX_HTTP_OPTOUT_VAR_STATUS:
+        v->data = ngx_http_optout_statuses[ctx->status].data;
+        v->len = ngx_http_optout_statuses[ctx->status].len;
+        break;
+
+    case NGX_HTTP_OPTOUT_VAR_DESTINATION:
+        if (ctx->masked.len == 0) {
+            goto not_found;
+        }
+
+        v->data = ctx->masked.data;
+        v->len = ctx->masked.len;
+        break;
+
+    case NGX_HTTP_OPTOUT_VAR_SENDER:
+        if (ctx->link.sender_len == 0) {
+            goto not_found;
+        }
+
+        v->data = (u_char *) ctx->link.sender;
+        v->len = ctx->link.sender_len;
+        break;
+
+    case NGX_HTTP_OPTOUT_VAR_CAMPAIGN:
+    case NGX_HTTP_OPTOUT_VAR_SCOPE:
+    case NGX_HTTP_OPTOUT_VAR_SINCE:
+        if (ctx->status != NGX_HTTP_OPTOUT_STATUS_BLOCKED) {
+            goto not_found;
+        }
+
+        if (data == NGX_HTTP_OPTOUT_VAR_SCOPE) {
+            v->data = (u_char *) (ctx->rule_sender ? "sender" : "account");
+            v->len = ctx->rule_sender ? 6 : 7;
+            break;
+        }
+
+        p = ngx_pnalloc(r->pool, sizeof("1970-01-01T00:00:00Z")
+                                 + NGX_INT64_LEN);
+        if (p == NULL) {
+            return NGX_ERROR;
+        }
+
+        v->data = p;
+
+        if (data == NGX_HTTP_OPTOUT_VAR_CAMPAIGN) {
+            v->len = ngx_sprintf(p, "%uL", ctx->rule.campaign) - p;
+
+        } else {
+            v->len = ngx_http_optout_since(p, ctx->rule.time) - p;
+        }
+
+        break;
+
+    default:
+        goto not_found;
+    }
+
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+
+    return NGX_OK;
+
+not_found:
+
+    v->not_found = 1;
 
     return NGX_OK;
 }

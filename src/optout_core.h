@@ -116,6 +116,7 @@ size_t optout_mask_dest(const optout_dest_t *dest, char *out);
 int optout_key_load(const char *path, unsigned char *buf, size_t *len,
     char *err, size_t err_len);
 optout_mac_t *optout_mac_create(const unsigned char *key, size_t len);
+optout_mac_t *optout_mac_dup(optout_mac_t *mac);
 void optout_mac_destroy(optout_mac_t *mac);
 int optout_mac_compute(optout_mac_t *mac, const unsigned char *data,
     size_t len, unsigned char out[32]);

@@ -106,6 +106,35 @@ failed:
 }
 
 
+/* a context of its own for another thread, under the same key */
+
+optout_mac_t *
+optout_mac_dup(optout_mac_t *mac)
+{
+    optout_mac_t  *m;
+
+    m = calloc(1, sizeof(optout_mac_t));
+    if (m == NULL) {
+        return NULL;
+    }
+
+    if (EVP_MAC_up_ref(mac->mac) != 1) {
+        free(m);
+        return NULL;
+    }
+
+    m->mac = mac->mac;
+
+    m->ctx = EVP_MAC_CTX_dup(mac->ctx);
+    if (m->ctx == NULL) {
+        optout_mac_destroy(m);
+        return NULL;
+    }
+
+    return m;
+}
+
+
 void
 optout_mac_destroy(optout_mac_t *mac)
 {

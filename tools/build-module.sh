@@ -40,5 +40,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
 fi
 
 make -s -C "$work" -f objs/Makefile modules
-cp "$work/objs/ngx_http_optout_module.so" "$root/build/"
+# a new file, not rewritten in place: a running nginx keeps the old one
+cp "$work/objs/ngx_http_optout_module.so" "$root/build/.module.so.tmp"
+mv -f "$root/build/.module.so.tmp" "$root/build/ngx_http_optout_module.so"
 echo "built build/ngx_http_optout_module.so"
