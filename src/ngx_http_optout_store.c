@@ -21,8 +21,8 @@
 #define NGX_HTTP_OPTOUT_RETRY_MIN       1000
 #define NGX_HTTP_OPTOUT_RETRY_BACKOFF   16000
 
-#define NGX_HTTP_OPTOUT_BATCH_KEYS      (OPTOUT_MARKERS_MAX + 510)
-#define NGX_HTTP_OPTOUT_BATCH_HASH      2048
+#define NGX_HTTP_OPTOUT_MGET_KEYS      (OPTOUT_MARKERS_MAX + 510)
+#define NGX_HTTP_OPTOUT_MGET_HASH      2048
 #define NGX_HTTP_OPTOUT_INFLIGHT        2
 #define NGX_HTTP_OPTOUT_FREE_BATCHES    8
 
@@ -41,15 +41,15 @@ typedef struct {
     ngx_queue_t                  waiters;
     ngx_uint_t                   nkeys;
     memcached_return_t           rc;
-    const char                  *keys[NGX_HTTP_OPTOUT_BATCH_KEYS];
-    size_t                       lens[NGX_HTTP_OPTOUT_BATCH_KEYS];
-    uint32_t                     server[NGX_HTTP_OPTOUT_BATCH_KEYS];
-    u_char                       found[NGX_HTTP_OPTOUT_BATCH_KEYS];
-    optout_rule_t                rules[NGX_HTTP_OPTOUT_BATCH_KEYS];
-    uint16_t                     hash[NGX_HTTP_OPTOUT_BATCH_HASH];
-    char                         data[NGX_HTTP_OPTOUT_BATCH_KEYS]
+    const char                  *keys[NGX_HTTP_OPTOUT_MGET_KEYS];
+    size_t                       lens[NGX_HTTP_OPTOUT_MGET_KEYS];
+    uint32_t                     server[NGX_HTTP_OPTOUT_MGET_KEYS];
+    u_char                       found[NGX_HTTP_OPTOUT_MGET_KEYS];
+    optout_rule_t                rules[NGX_HTTP_OPTOUT_MGET_KEYS];
+    uint16_t                     hash[NGX_HTTP_OPTOUT_MGET_HASH];
+    char                         data[NGX_HTTP_OPTOUT_MGET_KEYS]
                                      [OPTOUT_STORE_KEY_MAX + 1];
-} ngx_http_optout_batch_t;
+} ngx_http_optout_mget_t;
 
 
 typedef struct {
@@ -76,7 +76,7 @@ struct ngx_http_optout_store_s {
     unsigned                     retry_busy:1;
 
     optout_markers_t             markers;
-    ngx_http_optout_batch_t     *filling;
+    ngx_http_optout_mget_t     *filling;
     ngx_uint_t                   inflight;
     ngx_queue_t                  free_batches;
     ngx_uint_t                   nfree;
@@ -105,14 +105,14 @@ typedef struct {
 static memcached_return_t ngx_http_optout_store_write(
     ngx_http_optout_store_t *store, u_char *key, size_t key_len,
     u_char *value, size_t value_len);
-static ngx_http_optout_batch_t *ngx_http_optout_batch_get(
+static ngx_http_optout_mget_t *ngx_http_optout_mget_get(
     ngx_http_optout_store_t *store);
-static ngx_int_t ngx_http_optout_batch_add(ngx_http_optout_batch_t *b,
+static ngx_int_t ngx_http_optout_mget_add(ngx_http_optout_mget_t *b,
     u_char *key, size_t len, ngx_uint_t *index);
-static ngx_uint_t ngx_http_optout_batch_hash(const char *key, size_t len);
-static void ngx_http_optout_batch_post(ngx_http_optout_batch_t *b);
-static void ngx_http_optout_batch_thread(void *data, ngx_log_t *log);
-static void ngx_http_optout_batch_done(ngx_event_t *ev);
+static ngx_uint_t ngx_http_optout_mget_hash(const char *key, size_t len);
+static void ngx_http_optout_mget_post(ngx_http_optout_mget_t *b);
+static void ngx_http_optout_mget_thread(void *data, ngx_log_t *log);
+static void ngx_http_optout_mget_done(ngx_event_t *ev);
 static void ngx_http_optout_store_add_thread(void *data, ngx_log_t *log);
 static void ngx_http_optout_store_add_done(ngx_event_t *ev);
 static void ngx_http_optout_store_retry_push(ngx_http_optout_store_t *store,
@@ -292,7 +292,7 @@ ngx_http_optout_store_exit_worker(ngx_cycle_t *cycle,
     while (!ngx_queue_empty(&store->free_batches)) {
         q = ngx_queue_head(&store->free_batches);
         ngx_queue_remove(q);
-        ngx_free(ngx_queue_data(q, ngx_http_optout_batch_t, queue));
+        ngx_free(ngx_queue_data(q, ngx_http_optout_mget_t, queue));
     }
 
     if (store->filling) {
@@ -313,18 +313,18 @@ ngx_http_optout_store_lookup(ngx_http_optout_store_t *store,
     ngx_http_optout_lookup_t *lk)
 {
     ngx_uint_t                i;
-    ngx_http_optout_batch_t  *b;
+    ngx_http_optout_mget_t  *b;
 
     b = store->filling;
 
-    if (b && b->nkeys + lk->nkeys > NGX_HTTP_OPTOUT_BATCH_KEYS) {
+    if (b && b->nkeys + lk->nkeys > NGX_HTTP_OPTOUT_MGET_KEYS) {
         /* full: it goes now, whatever is in flight */
-        ngx_http_optout_batch_post(b);
+        ngx_http_optout_mget_post(b);
         b = NULL;
     }
 
     if (b == NULL) {
-        b = ngx_http_optout_batch_get(store);
+        b = ngx_http_optout_mget_get(store);
         if (b == NULL) {
             return NGX_ERROR;
         }
@@ -333,7 +333,7 @@ ngx_http_optout_store_lookup(ngx_http_optout_store_t *store,
     }
 
     for (i = 0; i < lk->nkeys; i++) {
-        if (ngx_http_optout_batch_add(b, lk->key[i], lk->key_len[i],
+        if (ngx_http_optout_mget_add(b, lk->key[i], lk->key_len[i],
                                       &lk->index[i])
             != NGX_OK)
         {
@@ -345,7 +345,7 @@ ngx_http_optout_store_lookup(ngx_http_optout_store_t *store,
     lk->batch = b;
 
     if (store->inflight < NGX_HTTP_OPTOUT_INFLIGHT) {
-        ngx_http_optout_batch_post(b);
+        ngx_http_optout_mget_post(b);
     }
 
     return NGX_OK;
@@ -362,21 +362,21 @@ ngx_http_optout_store_lookup_cancel(ngx_http_optout_lookup_t *lk)
 }
 
 
-static ngx_http_optout_batch_t *
-ngx_http_optout_batch_get(ngx_http_optout_store_t *store)
+static ngx_http_optout_mget_t *
+ngx_http_optout_mget_get(ngx_http_optout_store_t *store)
 {
     ngx_uint_t                i;
     ngx_queue_t              *q;
-    ngx_http_optout_batch_t  *b;
+    ngx_http_optout_mget_t  *b;
 
     if (!ngx_queue_empty(&store->free_batches)) {
         q = ngx_queue_head(&store->free_batches);
         ngx_queue_remove(q);
         store->nfree--;
-        b = ngx_queue_data(q, ngx_http_optout_batch_t, queue);
+        b = ngx_queue_data(q, ngx_http_optout_mget_t, queue);
 
     } else {
-        b = ngx_alloc(sizeof(ngx_http_optout_batch_t), store->log);
+        b = ngx_alloc(sizeof(ngx_http_optout_mget_t), store->log);
         if (b == NULL) {
             return NULL;
         }
@@ -385,8 +385,8 @@ ngx_http_optout_batch_get(ngx_http_optout_store_t *store)
 
         b->store = store;
         b->task.ctx = b;
-        b->task.handler = ngx_http_optout_batch_thread;
-        b->task.event.handler = ngx_http_optout_batch_done;
+        b->task.handler = ngx_http_optout_mget_thread;
+        b->task.event.handler = ngx_http_optout_mget_done;
         b->task.event.data = b;
         b->task.event.log = store->log;
     }
@@ -399,7 +399,7 @@ ngx_http_optout_batch_get(ngx_http_optout_store_t *store)
     /* the markers come first: a server's marker precedes its keys */
 
     for (i = 0; i < store->markers.n; i++) {
-        (void) ngx_http_optout_batch_add(b, (u_char *) store->markers.key[i],
+        (void) ngx_http_optout_mget_add(b, (u_char *) store->markers.key[i],
                                          store->markers.len[i], NULL);
     }
 
@@ -408,12 +408,12 @@ ngx_http_optout_batch_get(ngx_http_optout_store_t *store)
 
 
 static ngx_int_t
-ngx_http_optout_batch_add(ngx_http_optout_batch_t *b, u_char *key,
+ngx_http_optout_mget_add(ngx_http_optout_mget_t *b, u_char *key,
     size_t len, ngx_uint_t *index)
 {
     ngx_uint_t  h, i;
 
-    h = ngx_http_optout_batch_hash((char *) key, len);
+    h = ngx_http_optout_mget_hash((char *) key, len);
 
     /* linear probing; the table is at least twice the batch size */
 
@@ -434,10 +434,10 @@ ngx_http_optout_batch_add(ngx_http_optout_batch_t *b, u_char *key,
             return NGX_OK;
         }
 
-        h = (h + 1) & (NGX_HTTP_OPTOUT_BATCH_HASH - 1);
+        h = (h + 1) & (NGX_HTTP_OPTOUT_MGET_HASH - 1);
     }
 
-    if (b->nkeys == NGX_HTTP_OPTOUT_BATCH_KEYS
+    if (b->nkeys == NGX_HTTP_OPTOUT_MGET_KEYS
         || len > OPTOUT_STORE_KEY_MAX)
     {
         return NGX_ERROR;
@@ -463,7 +463,7 @@ ngx_http_optout_batch_add(ngx_http_optout_batch_t *b, u_char *key,
 
 
 static ngx_uint_t
-ngx_http_optout_batch_hash(const char *key, size_t len)
+ngx_http_optout_mget_hash(const char *key, size_t len)
 {
     uint32_t  h;
 
@@ -476,12 +476,12 @@ ngx_http_optout_batch_hash(const char *key, size_t len)
         h *= 16777619u;
     }
 
-    return h & (NGX_HTTP_OPTOUT_BATCH_HASH - 1);
+    return h & (NGX_HTTP_OPTOUT_MGET_HASH - 1);
 }
 
 
 static void
-ngx_http_optout_batch_post(ngx_http_optout_batch_t *b)
+ngx_http_optout_mget_post(ngx_http_optout_mget_t *b)
 {
     ngx_http_optout_store_t  *store;
 
@@ -502,9 +502,9 @@ ngx_http_optout_batch_post(ngx_http_optout_batch_t *b)
 
 
 static void
-ngx_http_optout_batch_thread(void *data, ngx_log_t *log)
+ngx_http_optout_mget_thread(void *data, ngx_log_t *log)
 {
-    ngx_http_optout_batch_t *b = data;
+    ngx_http_optout_mget_t *b = data;
 
     size_t                klen;
     ngx_uint_t            h, i;
@@ -545,7 +545,7 @@ ngx_http_optout_batch_thread(void *data, ngx_log_t *log)
         key = memcached_result_key_value(res);
         klen = memcached_result_key_length(res);
 
-        h = ngx_http_optout_batch_hash(key, klen);
+        h = ngx_http_optout_mget_hash(key, klen);
 
         while ((i = b->hash[h]) != 0) {
             i--;
@@ -565,7 +565,7 @@ ngx_http_optout_batch_thread(void *data, ngx_log_t *log)
                 break;
             }
 
-            h = (h + 1) & (NGX_HTTP_OPTOUT_BATCH_HASH - 1);
+            h = (h + 1) & (NGX_HTTP_OPTOUT_MGET_HASH - 1);
         }
     }
 
@@ -589,9 +589,9 @@ done:
 
 
 static void
-ngx_http_optout_batch_done(ngx_event_t *ev)
+ngx_http_optout_mget_done(ngx_event_t *ev)
 {
-    ngx_http_optout_batch_t *b = ev->data;
+    ngx_http_optout_mget_t *b = ev->data;
 
     ngx_uint_t                 i, k, marker;
     ngx_queue_t               *q;
@@ -643,7 +643,7 @@ ngx_http_optout_batch_done(ngx_event_t *ev)
     }
 
     if (store->filling && store->inflight < NGX_HTTP_OPTOUT_INFLIGHT) {
-        ngx_http_optout_batch_post(store->filling);
+        ngx_http_optout_mget_post(store->filling);
     }
 }
 
@@ -956,7 +956,7 @@ ngx_http_optout_store_mget(ngx_http_optout_store_t *store, const char **keys,
 
         /* index + 1 of the first key with this hash chain, equal keys */
 
-        h = ngx_http_optout_batch_hash(all[i], all_lens[i]) & mask;
+        h = ngx_http_optout_mget_hash(all[i], all_lens[i]) & mask;
         next[i] = 0;
 
         while (table[h]) {
@@ -1006,7 +1006,7 @@ ngx_http_optout_store_mget(ngx_http_optout_store_t *store, const char **keys,
         key = memcached_result_key_value(res);
         klen = memcached_result_key_length(res);
 
-        for (h = ngx_http_optout_batch_hash(key, klen) & mask;
+        for (h = ngx_http_optout_mget_hash(key, klen) & mask;
              table[h];
              h = (h + 1) & mask)
         {

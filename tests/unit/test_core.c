@@ -1694,7 +1694,7 @@ test_mac(void)
     char           hex[65];
     size_t         i, j;
     unsigned char  md[32];
-    optout_mac_t  *m;
+    optout_mac_t  *m, *d;
 
     static const char  *want =
         "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843";
@@ -1721,7 +1721,26 @@ test_mac(void)
            "RFC 4231 case 2, pass %zu", i + 1);
     }
 
+    /* a duplicate, as a batch check's thread uses, outlives the original */
+
+    d = optout_mac_dup(m);
     optout_mac_destroy(m);
+
+    if (ok(d != NULL, "mac dup")) {
+        memset(md, 0, sizeof(md));
+        rc = optout_mac_compute(d,
+                 (const unsigned char *) "what do ya want for nothing?", 28,
+                 md);
+
+        for (j = 0; j < 32; j++) {
+            snprintf(hex + 2 * j, 3, "%02x", md[j]);
+        }
+
+        ok(rc == OPTOUT_OK && strcmp(hex, want) == 0,
+           "RFC 4231 case 2 with a duplicated mac");
+        optout_mac_destroy(d);
+    }
+
     optout_mac_destroy(NULL);
 
     ok(optout_mac_create((const unsigned char *) "", 0) == NULL,
