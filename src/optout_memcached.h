@@ -21,7 +21,7 @@
  * marker: PREFIX "marker:" N, with N the smallest number whose key the
  * client's distribution puts on that server.  A restarted, flushed or
  * evicted server loses its marker, and checks of keys on it then answer
- * "unavailable" until "optoutctl replay" (or "optoutctl mark") seeds it.
+ * "unavailable" until "optoutctl replay" seeds it (an empty journal will do).
  */
 
 typedef struct {

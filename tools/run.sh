@@ -22,9 +22,20 @@ sed -e "s/127\.0\.0\.1:8080/127.0.0.1:$port/" \
 
 mc_user=()
 [ "$(id -u)" = 0 ] && mc_user=(-u nobody)
-memcached -l 127.0.0.1 -p "$mc_port" -U 0 "${mc_user[@]}" &
+# -M: a full memcached refuses writes instead of evicting opt-outs
+memcached -l 127.0.0.1 -p "$mc_port" -U 0 -M -m 64 "${mc_user[@]}" &
 mc_pid=$!
 trap 'kill $mc_pid 2>/dev/null || true' EXIT
+
+for _ in $(seq 50); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$mc_port") 2>/dev/null && break
+    sleep 0.1
+done
+
+# memcached starts empty: the journal rebuilds it and seeds every server
+touch "$run/logs/optout.journal"
+"$root/build/optoutctl" replay --store "--SERVER=127.0.0.1:$mc_port" \
+    --store-secret "$run/store.key" "$run/logs/optout.journal"
 
 nginx -t -q -p "$run/" -c "$run/quickstart.conf"
 
@@ -38,6 +49,8 @@ echo
 echo
 echo "open it (GET shows the page), or opt out as a mail provider would:"
 echo "  curl -d List-Unsubscribe=One-Click <link>"
+echo "check before sending:"
+echo "  curl -i 'http://127.0.0.1:$port/check?to=%2B15005550006&from=ACME'"
 echo "then: build/optoutctl get --store \"--SERVER=127.0.0.1:$mc_port\" \\"
 echo "        --store-secret run/store.key +15005550006"
 echo
