@@ -303,7 +303,9 @@ ngx_http_optout_batch_thread(void *data, ngx_log_t *log)
 
             sender = json_object_get(root, "sender");
 
-            if (sender && bc->sender_len == 0) {
+            /* the body's own sender wins over optout_check_sender */
+
+            if (sender) {
                 if (!json_is_string(sender)
                     || optout_normalize_sender(json_string_value(sender),
                                                json_string_length(sender),

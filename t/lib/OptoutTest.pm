@@ -275,6 +275,27 @@ sub memcached_freeze {
     my $pid = $self->{mc_pid} or die "memcached not running";
     kill 'STOP', $pid;
     $self->{mc_frozen} = 1;
+    $self->memcached_stopped or die "memcached did not stop";
+}
+
+# SIGSTOP is delivered asynchronously: true once every memcached thread is
+# stopped, so that a request sent after the freeze meets a frozen server
+sub memcached_stopped {
+    my ($self) = @_;
+    my $pid = $self->{mc_pid} or return 0;
+    my $deadline = time + 3;
+    while (time < $deadline) {
+        my @st;
+        for my $f (glob "/proc/$pid/task/*/stat") {
+            open my $fh, '<', $f or next;
+            my $l = <$fh> // '';
+            close $fh;
+            push @st, $l =~ /\)\s+(\S)/ ? $1 : '?';
+        }
+        return 1 if @st && !grep { $_ ne 'T' && $_ ne 't' } @st;
+        sleep 0.005;
+    }
+    return 0;
 }
 
 sub memcached_thaw {
