@@ -56,6 +56,7 @@ typedef struct {
     ngx_uint_t                   open;
     ngx_uint_t                   unverified;
     ngx_http_optout_out_t        out;
+    ngx_event_t                  hold;
 } ngx_http_optout_batch_ctx_t;
 
 
@@ -231,6 +232,8 @@ ngx_http_optout_batch_body(ngx_http_request_t *r)
     }
 
     r->main->blocked++;
+
+    ngx_http_optout_hold(r, &bc->hold);
 }
 
 
@@ -352,9 +355,22 @@ ngx_http_optout_batch_thread(void *data, ngx_log_t *log)
 
     } else {
 
-        /* one destination a line; empty lines do not count */
+        /*
+         * one destination a line; empty lines do not count, and one line
+         * past the limit is enough to refuse the batch
+         */
 
-        for (start = p; start < end; start = p + 1) {
+        items = malloc((NGX_HTTP_OPTOUT_BATCH_MAX + 1) * sizeof(ngx_str_t));
+        if (items == NULL) {
+            ngx_http_optout_batch_fail(bc, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                       "50000", "Internal error",
+                                       "Out of memory.");
+            return;
+        }
+
+        for (start = p; start < end && n <= NGX_HTTP_OPTOUT_BATCH_MAX;
+             start = p + 1)
+        {
             p = ngx_strlchr(start, end, '\n');
             if (p == NULL) {
                 p = end;
@@ -366,48 +382,20 @@ ngx_http_optout_batch_thread(void *data, ngx_log_t *log)
                 start++;
             }
 
-            if (start < p) {
-                n++;
-            }
-        }
-
-        if (n <= NGX_HTTP_OPTOUT_BATCH_MAX) {
-            items = malloc((n ? n : 1) * sizeof(ngx_str_t));
-            if (items == NULL) {
-                ngx_http_optout_batch_fail(bc, NGX_HTTP_INTERNAL_SERVER_ERROR,
-                                           "50000", "Internal error",
-                                           "Out of memory.");
-                return;
+            if (start == p) {
+                continue;
             }
 
-            i = 0;
+            items[n].data = start;
+            items[n].len = p - start;
 
-            for (start = bc->body; start < end; start = p + 1) {
-                p = ngx_strlchr(start, end, '\n');
-                if (p == NULL) {
-                    p = end;
-                }
-
-                while (start < p && (*start == ' ' || *start == '\t'
-                                     || *start == '\r'))
-                {
-                    start++;
-                }
-
-                if (start < p) {
-                    items[i].data = start;
-                    items[i].len = p - start;
-
-                    while (items[i].len
-                           && (items[i].data[items[i].len - 1] == '\r'
-                               || items[i].data[items[i].len - 1] == ' '))
-                    {
-                        items[i].len--;
-                    }
-
-                    i++;
-                }
+            while (items[n].data[items[n].len - 1] == '\r'
+                   || items[n].data[items[n].len - 1] == ' ')
+            {
+                items[n].len--;
             }
+
+            n++;
         }
     }
 
@@ -667,7 +655,6 @@ ngx_http_optout_batch_done(ngx_event_t *ev)
 
     ngx_int_t            rc;
     ngx_buf_t           *b;
-    ngx_chain_t          out;
     ngx_connection_t    *c;
     ngx_http_request_t  *r;
 
@@ -675,6 +662,7 @@ ngx_http_optout_batch_done(ngx_event_t *ev)
     c = r->connection;
 
     r->main->blocked--;
+    ngx_http_optout_release(&bc->hold);
 
     if (bc->unverified) {
         ngx_log_error(NGX_LOG_ERR, c->log, 0,
@@ -698,24 +686,8 @@ ngx_http_optout_batch_done(ngx_event_t *ev)
     b->pos = bc->out.data;
     b->last = bc->out.data + bc->out.len;
     b->memory = 1;
-    b->last_buf = (r == r->main) ? 1 : 0;
-    b->last_in_chain = 1;
 
-    r->headers_out.status = bc->status;
-    r->headers_out.content_length_n = bc->out.len;
-    ngx_str_set(&r->headers_out.content_type, "application/json");
-    r->headers_out.content_type_len = r->headers_out.content_type.len;
-
-    rc = ngx_http_send_header(r);
-
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
-        goto finalize;
-    }
-
-    out.buf = b;
-    out.next = NULL;
-
-    rc = ngx_http_output_filter(r, &out);
+    rc = ngx_http_optout_send_json(r, bc->status, b);
 
 finalize:
 
@@ -728,9 +700,7 @@ static ngx_int_t
 ngx_http_optout_batch_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *code, const char *title, const char *detail)
 {
-    ngx_int_t                    rc;
     ngx_buf_t                   *b;
-    ngx_chain_t                  out;
     ngx_http_optout_batch_ctx_t  bc;
 
     ngx_memzero(&bc, sizeof(ngx_http_optout_batch_ctx_t));
@@ -748,25 +718,9 @@ ngx_http_optout_batch_error(ngx_http_request_t *r, ngx_uint_t status,
     }
 
     b->last = ngx_cpymem(b->last, bc.out.data, bc.out.len);
-    b->last_buf = (r == r->main) ? 1 : 0;
-    b->last_in_chain = 1;
     free(bc.out.data);
 
-    r->headers_out.status = status;
-    r->headers_out.content_length_n = b->last - b->pos;
-    ngx_str_set(&r->headers_out.content_type, "application/json");
-    r->headers_out.content_type_len = r->headers_out.content_type.len;
-
-    rc = ngx_http_send_header(r);
-
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
-        return rc;
-    }
-
-    out.buf = b;
-    out.next = NULL;
-
-    return ngx_http_output_filter(r, &out);
+    return ngx_http_optout_send_json(r, status, b);
 }
 
 

@@ -415,9 +415,7 @@ ngx_http_optout_check_respond(ngx_http_request_t *r,
     u_char                      *p, *since;
     size_t                       len;
     ngx_buf_t                   *b;
-    ngx_int_t                    rc;
     ngx_str_t                   *status;
-    ngx_chain_t                  out;
     ngx_http_optout_loc_conf_t  *olcf;
     u_char                       campaign[NGX_INT64_LEN];
     u_char                       date[sizeof("1970-01-01T00:00:00Z")];
@@ -524,9 +522,24 @@ ngx_http_optout_check_respond(ngx_http_request_t *r,
     }
 
     b->last = p;
+
+    return ngx_http_optout_send_json(r, r->headers_out.status, b);
+}
+
+
+/* a JSON answer of check and batch locations */
+
+ngx_int_t
+ngx_http_optout_send_json(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_buf_t *b)
+{
+    ngx_int_t    rc;
+    ngx_chain_t  out;
+
     b->last_buf = (r == r->main) ? 1 : 0;
     b->last_in_chain = 1;
 
+    r->headers_out.status = status;
     r->headers_out.content_length_n = b->last - b->pos;
     ngx_str_set(&r->headers_out.content_type, "application/json");
     r->headers_out.content_type_len = r->headers_out.content_type.len;

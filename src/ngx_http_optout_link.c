@@ -252,6 +252,8 @@ ngx_http_optout_link_record(ngx_http_request_t *r, ngx_http_optout_ctx_t *ctx)
     r->main->count++;
     r->main->blocked++;
 
+    ngx_http_optout_hold(r, &ctx->hold);
+
     return NGX_DONE;
 }
 
@@ -275,6 +277,7 @@ ngx_http_optout_link_done(ngx_http_optout_waiter_t *w)
     c = r->connection;
 
     r->main->blocked--;
+    ngx_http_optout_release(&ctx->hold);
 
     if (ctx->journal_waiter.rc != NGX_OK) {
         ctx->result = NGX_HTTP_OPTOUT_RESULT_ERROR;

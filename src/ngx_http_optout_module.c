@@ -27,6 +27,7 @@ static void ngx_http_optout_mac_cleanup(void *data);
 static ngx_int_t ngx_http_optout_init_module(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_optout_init_process(ngx_cycle_t *cycle);
 static void ngx_http_optout_exit_process(ngx_cycle_t *cycle);
+static void ngx_http_optout_hold_handler(ngx_event_t *ev);
 
 
 static ngx_conf_post_handler_pt  ngx_http_optout_store_prefix_p =
@@ -586,4 +587,40 @@ ngx_http_optout_exit_process(ngx_cycle_t *cycle)
     if (omcf->store) {
         ngx_http_optout_store_exit_worker(cycle, omcf);
     }
+}
+
+
+/*
+ * A request waiting for a thread-pool task has no timer of its own, and a
+ * worker that shuts down gracefully exits once no timers are left: this
+ * one keeps it until the task is done.
+ */
+
+void
+ngx_http_optout_hold(ngx_http_request_t *r, ngx_event_t *ev)
+{
+    ev->handler = ngx_http_optout_hold_handler;
+    ev->data = r;
+    ev->log = r->connection->log;
+
+    ngx_add_timer(ev, NGX_HTTP_OPTOUT_HOLD);
+}
+
+
+void
+ngx_http_optout_release(ngx_event_t *ev)
+{
+    if (ev->timer_set) {
+        ngx_del_timer(ev);
+    }
+}
+
+
+static void
+ngx_http_optout_hold_handler(ngx_event_t *ev)
+{
+    ngx_log_error(NGX_LOG_WARN, ev->log, 0,
+                  "optout: still waiting for the journal or memcached");
+
+    ngx_add_timer(ev, NGX_HTTP_OPTOUT_HOLD);
 }

@@ -30,6 +30,8 @@
 #define NGX_HTTP_OPTOUT_STATUS_UNAVAILABLE  4
 #define NGX_HTTP_OPTOUT_STATUS_UNVERIFIED   5
 
+#define NGX_HTTP_OPTOUT_HOLD             10000
+
 #define NGX_HTTP_OPTOUT_FAIL_CLOSED      0
 #define NGX_HTTP_OPTOUT_FAIL_OPEN        1
 
@@ -139,6 +141,7 @@ typedef struct {
     ngx_uint_t                   pending;
     ngx_http_optout_waiter_t     journal_waiter;
     ngx_http_optout_waiter_t     store_waiter;
+    ngx_event_t                  hold;
 
     /* the send-time check */
     ngx_uint_t                   status;
@@ -156,6 +159,10 @@ typedef struct {
 extern ngx_module_t  ngx_http_optout_module;
 
 
+/* ngx_http_optout_module.c */
+void ngx_http_optout_hold(ngx_http_request_t *r, ngx_event_t *ev);
+void ngx_http_optout_release(ngx_event_t *ev);
+
 /* ngx_http_optout_link.c */
 char *ngx_http_optout_link(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 ngx_int_t ngx_http_optout_namespace(ngx_http_request_t *r,
@@ -167,6 +174,8 @@ char *ngx_http_optout_check_merge(ngx_conf_t *cf,
     ngx_http_optout_loc_conf_t *conf);
 ngx_int_t ngx_http_optout_unescape(ngx_http_request_t *r, ngx_str_t *v);
 u_char *ngx_http_optout_since(u_char *p, int64_t t);
+ngx_int_t ngx_http_optout_send_json(ngx_http_request_t *r,
+    ngx_uint_t status, ngx_buf_t *b);
 void ngx_http_optout_cache_rule(ngx_http_request_t *r, u_char *key,
     size_t len, optout_rule_t *rule);
 
