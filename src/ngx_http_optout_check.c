@@ -21,8 +21,6 @@ static void ngx_http_optout_check_cleanup(void *data);
 static void ngx_http_optout_check_finish(ngx_http_optout_ctx_t *ctx);
 static ngx_int_t ngx_http_optout_check_respond(ngx_http_request_t *r,
     ngx_http_optout_ctx_t *ctx);
-static ngx_int_t ngx_http_optout_check_header(ngx_http_request_t *r,
-    char *name, u_char *value, size_t len);
 
 
 static ngx_str_t  ngx_http_optout_status_names[] = {
@@ -123,7 +121,6 @@ ngx_http_optout_check_handler(ngx_http_request_t *r)
     ngx_int_t                     rc, miss;
     ngx_uint_t                    i;
     optout_rule_t                 rule;
-    ngx_table_elt_t              *allow;
     ngx_pool_cleanup_t           *cln;
     ngx_http_optout_ctx_t        *ctx;
     ngx_http_optout_lookup_t     *lk;
@@ -135,16 +132,7 @@ ngx_http_optout_check_handler(ngx_http_request_t *r)
     }
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
-        allow = ngx_list_push(&r->headers_out.headers);
-        if (allow == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        allow->hash = 1;
-        ngx_str_set(&allow->key, "Allow");
-        ngx_str_set(&allow->value, "GET, HEAD, POST");
-
-        return NGX_HTTP_NOT_ALLOWED;
+        return ngx_http_optout_not_allowed(r);
     }
 
     rc = ngx_http_discard_request_body(r);
@@ -438,7 +426,7 @@ ngx_http_optout_check_respond(ngx_http_request_t *r,
 
     status = &ngx_http_optout_status_names[ctx->status];
 
-    if (ngx_http_optout_check_header(r, "X-Optout-Status", status->data,
+    if (ngx_http_optout_add_header(r, "X-Optout-Status", status->data,
                                      status->len)
         != NGX_OK)
     {
@@ -468,10 +456,10 @@ ngx_http_optout_check_respond(ngx_http_request_t *r,
         len = ngx_sprintf(campaign, "%uL", ctx->rule.campaign) - campaign;
         since = ngx_http_optout_since(date, ctx->rule.time);
 
-        if (ngx_http_optout_check_header(r, "X-Optout-Campaign", campaign,
+        if (ngx_http_optout_add_header(r, "X-Optout-Campaign", campaign,
                                          len)
                != NGX_OK
-            || ngx_http_optout_check_header(r, "X-Optout-Scope",
+            || ngx_http_optout_add_header(r, "X-Optout-Scope",
                    (u_char *) (ctx->rule_sender ? "sender" : "account"),
                    ctx->rule_sender ? 6 : 7)
                != NGX_OK)
@@ -554,35 +542,6 @@ ngx_http_optout_send_json(ngx_http_request_t *r, ngx_uint_t status,
     out.next = NULL;
 
     return ngx_http_output_filter(r, &out);
-}
-
-
-static ngx_int_t
-ngx_http_optout_check_header(ngx_http_request_t *r, char *name,
-    u_char *value, size_t len)
-{
-    u_char           *p;
-    ngx_table_elt_t  *h;
-
-    h = ngx_list_push(&r->headers_out.headers);
-    if (h == NULL) {
-        return NGX_ERROR;
-    }
-
-    p = ngx_pnalloc(r->pool, len);
-    if (p == NULL) {
-        return NGX_ERROR;
-    }
-
-    ngx_memcpy(p, value, len);
-
-    h->hash = 1;
-    h->key.data = (u_char *) name;
-    h->key.len = ngx_strlen(name);
-    h->value.data = p;
-    h->value.len = len;
-
-    return NGX_OK;
 }
 
 

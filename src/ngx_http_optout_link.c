@@ -45,22 +45,12 @@ ngx_http_optout_link_handler(ngx_http_request_t *r)
     int                           rc;
     u_char                       *p, *last;
     ngx_int_t                     nrc;
-    ngx_table_elt_t              *allow;
     ngx_http_optout_ctx_t        *ctx;
     ngx_http_optout_loc_conf_t   *olcf;
     ngx_http_optout_main_conf_t  *omcf;
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD|NGX_HTTP_POST))) {
-        allow = ngx_list_push(&r->headers_out.headers);
-        if (allow == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        allow->hash = 1;
-        ngx_str_set(&allow->key, "Allow");
-        ngx_str_set(&allow->value, "GET, HEAD, POST");
-
-        return NGX_HTTP_NOT_ALLOWED;
+        return ngx_http_optout_not_allowed(r);
     }
 
     ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_optout_ctx_t));

@@ -624,3 +624,49 @@ ngx_http_optout_hold_handler(ngx_event_t *ev)
 
     ngx_add_timer(ev, NGX_HTTP_OPTOUT_HOLD);
 }
+
+
+/* links and checks take the same methods */
+
+ngx_int_t
+ngx_http_optout_not_allowed(ngx_http_request_t *r)
+{
+    static u_char  methods[] = "GET, HEAD, POST";
+
+    if (ngx_http_optout_add_header(r, "Allow", methods, sizeof(methods) - 1)
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return NGX_HTTP_NOT_ALLOWED;
+}
+
+
+ngx_int_t
+ngx_http_optout_add_header(ngx_http_request_t *r, char *name,
+    u_char *value, size_t len)
+{
+    u_char           *p;
+    ngx_table_elt_t  *h;
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_pnalloc(r->pool, len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(p, value, len);
+
+    h->hash = 1;
+    h->key.data = (u_char *) name;
+    h->key.len = ngx_strlen(name);
+    h->value.data = p;
+    h->value.len = len;
+
+    return NGX_OK;
+}

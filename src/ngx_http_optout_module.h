@@ -162,6 +162,9 @@ extern ngx_module_t  ngx_http_optout_module;
 /* ngx_http_optout_module.c */
 void ngx_http_optout_hold(ngx_http_request_t *r, ngx_event_t *ev);
 void ngx_http_optout_release(ngx_event_t *ev);
+ngx_int_t ngx_http_optout_not_allowed(ngx_http_request_t *r);
+ngx_int_t ngx_http_optout_add_header(ngx_http_request_t *r, char *name,
+    u_char *value, size_t len);
 
 /* ngx_http_optout_link.c */
 char *ngx_http_optout_link(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
