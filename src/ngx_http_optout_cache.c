@@ -657,3 +657,17 @@ ngx_http_optout_cache_delete(ngx_http_optout_cache_t *cache,
     ngx_rbtree_delete(&cache->sh->rbtree, &cn->node);
     ngx_slab_free_locked(cache->shpool, cn);
 }
+
+
+void
+ngx_http_optout_cache_rule(ngx_http_request_t *r, u_char *key, size_t len,
+    optout_rule_t *rule)
+{
+    ngx_http_optout_main_conf_t  *omcf;
+
+    omcf = ngx_http_get_module_main_conf(r, ngx_http_optout_module);
+
+    if (omcf->cache) {
+        ngx_http_optout_cache_put(omcf->cache, key, len, rule);
+    }
+}

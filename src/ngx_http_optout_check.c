@@ -338,20 +338,6 @@ ngx_http_optout_check_lookup_done(ngx_http_optout_lookup_t *lk)
 }
 
 
-void
-ngx_http_optout_cache_rule(ngx_http_request_t *r, u_char *key, size_t len,
-    optout_rule_t *rule)
-{
-    ngx_http_optout_main_conf_t  *omcf;
-
-    omcf = ngx_http_get_module_main_conf(r, ngx_http_optout_module);
-
-    if (omcf->cache) {
-        ngx_http_optout_cache_put(omcf->cache, key, len, rule);
-    }
-}
-
-
 static void
 ngx_http_optout_check_timeout(ngx_event_t *ev)
 {
@@ -515,69 +501,3 @@ ngx_http_optout_check_respond(ngx_http_request_t *r,
 }
 
 
-/* a JSON answer of check and batch locations */
-
-ngx_int_t
-ngx_http_optout_send_json(ngx_http_request_t *r, ngx_uint_t status,
-    ngx_buf_t *b)
-{
-    ngx_int_t    rc;
-    ngx_chain_t  out;
-
-    b->last_buf = (r == r->main) ? 1 : 0;
-    b->last_in_chain = 1;
-
-    r->headers_out.status = status;
-    r->headers_out.content_length_n = b->last - b->pos;
-    ngx_str_set(&r->headers_out.content_type, "application/json");
-    r->headers_out.content_type_len = r->headers_out.content_type.len;
-
-    rc = ngx_http_send_header(r);
-
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
-        return rc;
-    }
-
-    out.buf = b;
-    out.next = NULL;
-
-    return ngx_http_output_filter(r, &out);
-}
-
-
-ngx_int_t
-ngx_http_optout_unescape(ngx_http_request_t *r, ngx_str_t *v)
-{
-    u_char  *src, *dst;
-
-    if (v->len == 0 || ngx_strlchr(v->data, v->data + v->len, '%') == NULL) {
-        return NGX_OK;
-    }
-
-    dst = ngx_pnalloc(r->pool, v->len);
-    if (dst == NULL) {
-        return NGX_ERROR;
-    }
-
-    src = v->data;
-    v->data = dst;
-
-    ngx_unescape_uri(&dst, &src, v->len, 0);
-
-    v->len = dst - v->data;
-
-    return NGX_OK;
-}
-
-
-u_char *
-ngx_http_optout_since(u_char *p, int64_t t)
-{
-    ngx_tm_t  tm;
-
-    ngx_gmtime((time_t) t, &tm);
-
-    return ngx_sprintf(p, "%4d-%02d-%02dT%02d:%02d:%02dZ",
-                       tm.ngx_tm_year, tm.ngx_tm_mon, tm.ngx_tm_mday,
-                       tm.ngx_tm_hour, tm.ngx_tm_min, tm.ngx_tm_sec);
-}

@@ -116,32 +116,6 @@ ngx_http_optout_link_handler(ngx_http_request_t *r)
 }
 
 
-ngx_int_t
-ngx_http_optout_namespace(ngx_http_request_t *r,
-    ngx_http_optout_loc_conf_t *olcf, ngx_http_optout_ctx_t *ctx)
-{
-    if (olcf->namespace == NULL) {
-        ngx_str_null(&ctx->ns);
-        return NGX_OK;
-    }
-
-    if (ngx_http_complex_value(r, olcf->namespace, &ctx->ns) != NGX_OK) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    if (optout_check_namespace((char *) ctx->ns.data, ctx->ns.len)
-        != OPTOUT_OK)
-    {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "optout: invalid namespace \"%V\", it must be up to "
-                      "64 characters of A-Z a-z 0-9 . _ : -", &ctx->ns);
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    return NGX_OK;
-}
-
-
 static ngx_int_t
 ngx_http_optout_link_record(ngx_http_request_t *r, ngx_http_optout_ctx_t *ctx)
 {

@@ -27,7 +27,6 @@ static void ngx_http_optout_mac_cleanup(void *data);
 static ngx_int_t ngx_http_optout_init_module(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_optout_init_process(ngx_cycle_t *cycle);
 static void ngx_http_optout_exit_process(ngx_cycle_t *cycle);
-static void ngx_http_optout_hold_handler(ngx_event_t *ev);
 
 
 static ngx_conf_post_handler_pt  ngx_http_optout_store_prefix_p =
@@ -590,83 +589,3 @@ ngx_http_optout_exit_process(ngx_cycle_t *cycle)
 }
 
 
-/*
- * A request waiting for a thread-pool task has no timer of its own, and a
- * worker that shuts down gracefully exits once no timers are left: this
- * one keeps it until the task is done.
- */
-
-void
-ngx_http_optout_hold(ngx_http_request_t *r, ngx_event_t *ev)
-{
-    ev->handler = ngx_http_optout_hold_handler;
-    ev->data = r;
-    ev->log = r->connection->log;
-
-    ngx_add_timer(ev, NGX_HTTP_OPTOUT_HOLD);
-}
-
-
-void
-ngx_http_optout_release(ngx_event_t *ev)
-{
-    if (ev->timer_set) {
-        ngx_del_timer(ev);
-    }
-}
-
-
-static void
-ngx_http_optout_hold_handler(ngx_event_t *ev)
-{
-    ngx_log_error(NGX_LOG_WARN, ev->log, 0,
-                  "optout: still waiting for the journal or memcached");
-
-    ngx_add_timer(ev, NGX_HTTP_OPTOUT_HOLD);
-}
-
-
-/* links and checks take the same methods */
-
-ngx_int_t
-ngx_http_optout_not_allowed(ngx_http_request_t *r)
-{
-    static u_char  methods[] = "GET, HEAD, POST";
-
-    if (ngx_http_optout_add_header(r, "Allow", methods, sizeof(methods) - 1)
-        != NGX_OK)
-    {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    return NGX_HTTP_NOT_ALLOWED;
-}
-
-
-ngx_int_t
-ngx_http_optout_add_header(ngx_http_request_t *r, char *name,
-    u_char *value, size_t len)
-{
-    u_char           *p;
-    ngx_table_elt_t  *h;
-
-    h = ngx_list_push(&r->headers_out.headers);
-    if (h == NULL) {
-        return NGX_ERROR;
-    }
-
-    p = ngx_pnalloc(r->pool, len);
-    if (p == NULL) {
-        return NGX_ERROR;
-    }
-
-    ngx_memcpy(p, value, len);
-
-    h->hash = 1;
-    h->key.data = (u_char *) name;
-    h->key.len = ngx_strlen(name);
-    h->value.data = p;
-    h->value.len = len;
-
-    return NGX_OK;
-}

@@ -159,28 +159,26 @@ typedef struct {
 extern ngx_module_t  ngx_http_optout_module;
 
 
-/* ngx_http_optout_module.c */
+/* ngx_http_optout_http.c */
+ngx_int_t ngx_http_optout_namespace(ngx_http_request_t *r,
+    ngx_http_optout_loc_conf_t *olcf, ngx_http_optout_ctx_t *ctx);
 void ngx_http_optout_hold(ngx_http_request_t *r, ngx_event_t *ev);
 void ngx_http_optout_release(ngx_event_t *ev);
 ngx_int_t ngx_http_optout_not_allowed(ngx_http_request_t *r);
 ngx_int_t ngx_http_optout_add_header(ngx_http_request_t *r, char *name,
     u_char *value, size_t len);
+ngx_int_t ngx_http_optout_send_json(ngx_http_request_t *r,
+    ngx_uint_t status, ngx_buf_t *b);
+ngx_int_t ngx_http_optout_unescape(ngx_http_request_t *r, ngx_str_t *v);
+u_char *ngx_http_optout_since(u_char *p, int64_t t);
 
 /* ngx_http_optout_link.c */
 char *ngx_http_optout_link(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
-ngx_int_t ngx_http_optout_namespace(ngx_http_request_t *r,
-    ngx_http_optout_loc_conf_t *olcf, ngx_http_optout_ctx_t *ctx);
 
 /* ngx_http_optout_check.c */
 char *ngx_http_optout_check(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 char *ngx_http_optout_check_merge(ngx_conf_t *cf,
     ngx_http_optout_loc_conf_t *conf);
-ngx_int_t ngx_http_optout_unescape(ngx_http_request_t *r, ngx_str_t *v);
-u_char *ngx_http_optout_since(u_char *p, int64_t t);
-ngx_int_t ngx_http_optout_send_json(ngx_http_request_t *r,
-    ngx_uint_t status, ngx_buf_t *b);
-void ngx_http_optout_cache_rule(ngx_http_request_t *r, u_char *key,
-    size_t len, optout_rule_t *rule);
 
 /* ngx_http_optout_batch.c */
 ngx_int_t ngx_http_optout_batch_handler(ngx_http_request_t *r);
@@ -231,6 +229,8 @@ void ngx_http_optout_cache_put(ngx_http_optout_cache_t *cache, u_char *key,
     size_t len, optout_rule_t *rule);
 void ngx_http_optout_cache_remove(ngx_http_optout_cache_t *cache,
     u_char *key, size_t len);
+void ngx_http_optout_cache_rule(ngx_http_request_t *r, u_char *key,
+    size_t len, optout_rule_t *rule);
 
 /* ngx_http_optout_variables.c */
 ngx_int_t ngx_http_optout_add_variables(ngx_conf_t *cf);
