@@ -124,9 +124,10 @@ is(scalar(grep { ($_->{dest} // '') =~ /^\+447700200/ } @new), 6,
    'the new file holds the new destinations');
 is($t->journal_count('journal.log.1'), 450,
    'the renamed file got no new line');
-diag sprintf 'journal mode after reopen: %04o (renamed one: %04o)',
-    ((stat $t->path('journal.log'))[2] // 0) & 07777,
-    ((stat $t->path('journal.log.1'))[2] // 0) & 07777;
+is(sprintf('%04o', ((stat $t->path('journal.log'))[2] // 0) & 07777),
+   '0640', 'journal mode after reopen: others have no access');
+is(sprintf('%04o', ((stat $t->path('journal.log.1'))[2] // 0) & 07777),
+   '0640', 'the renamed journal keeps its mode');
 
 $t->stop;
 ok($t->error_log_clean, 'no alert/crit/emerg in error.log');

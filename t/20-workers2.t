@@ -15,7 +15,9 @@ use OptoutTest;
 OptoutTest->require_module;
 
 my $t = OptoutTest->new(workers => 2);
-$t->setup(workers => 2);
+$t->setup(workers => 2, listen => 'reuseport',
+          http => "log_format pids '\$pid \$status';",
+          server => 'access_log %%PREFIX%%/logs/pids.log pids;');
 
 my @w = $t->worker_pids;
 is(scalar @w, 2, 'two worker processes');
@@ -109,6 +111,15 @@ my @keys = map { my $c = $_; map { $t->skey(dest =>
                  OptoutTest::phone(700000 + $c * 100 + $_)) } 1 .. 25 } 0 .. 3;
 is(scalar(keys %{ $t->mc_get_multi(@keys) || {} }), 100, '100 rules stored');
 is($t->journal_count, 112, '112 journal lines');
+
+# reuseport spreads the connections: both workers answered
+
+my %served;
+for ($t->file_lines('logs/pids.log')) {
+    $served{$1}++ if /^(\d+) /;
+}
+is_deeply([sort { $a <=> $b } keys %served], [sort { $a <=> $b } @w],
+          'both workers served requests, and no other process did');
 
 $t->stop;
 ok($t->error_log_clean, 'no alert/crit/emerg in error.log');

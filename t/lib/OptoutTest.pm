@@ -722,7 +722,10 @@ sub error_log {
 sub error_log_clean {
     my ($self, @allow) = @_;
     my $log = $self->error_log;
-    return 1 unless defined $log;
+    unless (defined $log) {
+        Test::More::diag("no error.log in $self->{prefix}/logs");
+        return 0;
+    }
     my @bad = grep { /\[(?:alert|crit|emerg)\]/ } split /\n/, $log;
     for my $re (@allow) {
         @bad = grep { $_ !~ $re } @bad;
@@ -1003,6 +1006,7 @@ sub run_parallel {
 #   store_secret => name (default 'store'), prefix => STRING,
 #   journal => file (default 'journal.log'), store_timeout => TIME,
 #   ns => VALUE, http => extra http text, server => extra server text,
+#   listen => extra listen parameters (e.g. 'reuseport'),
 #   omit => { directive => 1 } to leave a directive out
 sub optout_http {
     my ($self, %o) = @_;
@@ -1029,9 +1033,10 @@ sub optout_http {
     $c .= "    optout_journal $journal;\n" unless $omit{optout_journal};
     $c .= "    optout_namespace $o{ns};\n" if defined $o{ns};
     $c .= "    $o{http}\n" if defined $o{http};
-    $c .= <<'EOF';
+    my $listen = defined $o{listen} ? " $o{listen}" : '';
+    $c .= <<"EOF";
     server {
-        listen 127.0.0.1:%%PORT%%;
+        listen 127.0.0.1:%%PORT%%$listen;
         access_log %%PREFIX%%/logs/optout.log optout;
         location /u/ { optout_link; }
         location /ping { return 204; }
