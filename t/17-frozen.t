@@ -2,7 +2,8 @@
 
 # A frozen memcached (SIGSTOP) must not block the worker: with one worker
 # process, while a POST waits for memcached, another location answers
-# within 50 ms.  The POST still gets 200 and its journal line.
+# within 400 ms: a generous bound for a noisy machine, far below the 2 s a
+# blocked worker would wait.  The POST still gets 200 and its journal line.
 
 use strict;
 use warnings;
@@ -60,8 +61,9 @@ for (1 .. 10) {
 }
 ok($in_flight, 'at least one /ping while the POST waits for memcached')
     or diag 'the POST was answered before any /ping';
-my @slow = grep { $_->[0] >= 0.050 || $_->[1] != 204 } @lat;
-is(scalar @slow, 0, '/ping answers 204 within 50 ms while the POST waits')
+my @slow = grep { $_->[0] >= 0.400 || $_->[1] != 204 } @lat;
+is(scalar @slow, 0,
+   '/ping answers 204 within 400 ms (not blocked) while the POST waits')
     or diag join ', ', map { sprintf '%.1f ms (%s)', $_->[0] * 1000, $_->[1] }
                        @lat;
 diag join ', ', map { sprintf '%.1f ms', $_->[0] * 1000 } @lat;

@@ -434,8 +434,9 @@ for (1 .. 20) {
     sleep 0.03;
 }
 ok($in_flight, 'at least one /ping while the check waits for memcached');
-my @slow = grep { $_->[0] >= 0.050 || $_->[1] != 204 } @lat;
-is(scalar @slow, 0, '/ping answers 204 within 50 ms while the check waits')
+my @slow = grep { $_->[0] >= 0.400 || $_->[1] != 204 } @lat;
+is(scalar @slow, 0,
+   '/ping answers 204 within 400 ms (not blocked) while the check waits')
     or diag join ', ', map { sprintf '%.1f ms (%s)', $_->[0] * 1000, $_->[1] }
                        @lat;
 diag 'pings while the check waited: '
