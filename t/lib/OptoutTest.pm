@@ -1205,12 +1205,15 @@ sub token_payload {
 }
 
 # mint(key => $bytes, key_id => 1, campaign => 42, dest => '+4477...',
-#      sender => undef)
+#      sender => undef, ns => undef): the namespace is not in the token, its
+#      length byte and bytes follow the payload in the HMAC input only
 sub mint {
     my (%a) = @_;
     die "mint: key required" unless defined $a{key};
     my $bin = token_payload(%a);
-    $bin .= substr(hmac_sha256($bin, $a{key}), 0, 16);
+    my $in = $bin;
+    $in .= chr(length $a{ns}) . $a{ns} if defined $a{ns} && length $a{ns};
+    $bin .= substr(hmac_sha256($in, $a{key}), 0, 16);
     return b64url($bin);
 }
 
