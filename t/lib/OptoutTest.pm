@@ -790,7 +790,8 @@ sub _build_request {
     }
     for my $k (sort keys %h) {
         next unless defined $h{$k};
-        $req .= "$k: $h{$k}\r\n";
+        # an array sends the header once per value
+        $req .= "$k: $_\r\n" for ref $h{$k} ? @{$h{$k}} : $h{$k};
     }
     $req .= "\r\n";
     $req .= $body if defined $body;
