@@ -87,12 +87,12 @@ ngx_http_optout_input_source(ngx_conf_t *cf, ngx_http_optout_source_t *src,
 
     ngx_memzero(src, sizeof(ngx_http_optout_source_t));
 
-    if (arg->len > 4 && ngx_strncmp(arg->data, "arg=", 4) == 0) {
+    if (arg->len >= 4 && ngx_strncmp(arg->data, "arg=", 4) == 0) {
         src->type = NGX_HTTP_OPTOUT_SRC_ARG;
         src->name.data = arg->data + 4;
         src->name.len = arg->len - 4;
 
-    } else if (arg->len > 7 && ngx_strncmp(arg->data, "header=", 7) == 0) {
+    } else if (arg->len >= 7 && ngx_strncmp(arg->data, "header=", 7) == 0) {
         src->type = NGX_HTTP_OPTOUT_SRC_HEADER;
         src->name.data = arg->data + 7;
         src->name.len = arg->len - 7;
@@ -110,6 +110,12 @@ ngx_http_optout_input_source(ngx_conf_t *cf, ngx_http_optout_source_t *src,
         }
 
         return NGX_CONF_OK;
+    }
+
+    if (src->name.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "empty name in \"%V\"", arg);
+        return NGX_CONF_ERROR;
     }
 
     last = src->name.data + src->name.len;
