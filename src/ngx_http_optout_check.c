@@ -345,7 +345,7 @@ ngx_http_optout_check_invalid(ngx_http_request_t *r,
     }
 
     if (ngx_http_optout_add_header(r, "X-Optout-Error", (u_char *) e->code,
-                                   5)
+                                   ngx_strlen(e->code))
         != NGX_OK)
     {
         return NULL;
