@@ -122,7 +122,9 @@ ngx_http_optout_link_handler(ngx_http_request_t *r)
 /*
  * The token is the last path segment of the (normalized) URI.  In a prefix
  * location nothing but the prefix, and a '/' if the prefix lacks one, may
- * stand before it: "/u/TOKEN", not "/u/any/path/TOKEN".
+ * stand before it: "/u/TOKEN", not "/u/any/path/TOKEN".  A URI that no
+ * longer starts with the prefix ("rewrite ... break") keeps the last
+ * segment.
  */
 
 static ngx_int_t
@@ -147,7 +149,8 @@ ngx_http_optout_link_token(ngx_http_request_t *r, ngx_str_t *token)
 #if (NGX_PCRE)
         || clcf->regex
 #endif
-       )
+        || r->uri.len < clcf->name.len
+        || ngx_strncmp(r->uri.data, clcf->name.data, clcf->name.len) != 0)
     {
         return NGX_OK;
     }

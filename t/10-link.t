@@ -41,6 +41,10 @@ $t->setup(server => <<'EOF');
         location ~ ^/re/ {
             optout_link;
         }
+        location /unsub/ {
+            rewrite ^/unsub/(.*)$ /x/$1 break;
+            optout_link;
+        }
 EOF
 
 my $phone = '+447700900123';
@@ -242,6 +246,8 @@ is(scalar $t->journal_for('+447700900999'), 0, 'PUT/DELETE: no journal');
     is($t->get("/np/x/$tok")->{status}, 404, 'path: but not /np/x/TOKEN');
     is($t->get("/re/any/path/$tok")->{status}, 200,
        'path: a regex location takes the last segment');
+    is($t->get("/unsub/$tok")->{status}, 200,
+       'path: rewritten by "rewrite ... break": the last segment');
 }
 
 # ---------------------------------------------------------------- templates
