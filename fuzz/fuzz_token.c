@@ -93,7 +93,7 @@ check(const char *tok, size_t len)
     optout_mac_t  *mac;
     optout_link_t  link;
 
-    rc = optout_token_open(keys, 2, tok, len, &link);
+    rc = optout_token_open(keys, 2, NULL, 0, tok, len, &link);
 
     if (rc != OPTOUT_OK) {
         if (rc != OPTOUT_EMALFORMED && rc != OPTOUT_EVERSION
@@ -132,7 +132,7 @@ check(const char *tok, size_t len)
         abort();
     }
 
-    rc = optout_token_encode(mac, &link, out, len + 1, &n);
+    rc = optout_token_encode(mac, &link, NULL, 0, out, len + 1, &n);
 
     if (rc != OPTOUT_OK || n != len || memcmp(out, tok, len) != 0
         || out[len] != '\0')
@@ -142,7 +142,7 @@ check(const char *tok, size_t len)
 
     /* one byte less must not fit */
 
-    rc = optout_token_encode(mac, &link, out, len, &n);
+    rc = optout_token_encode(mac, &link, NULL, 0, out, len, &n);
 
     if (rc != OPTOUT_ETOOLONG) {
         abort();

@@ -100,6 +100,7 @@ ngx_http_optout_batch_body(ngx_http_request_t *r)
 {
     size_t                        len;
     u_char                       *p;
+    ngx_int_t                     rc;
     ngx_str_t                     from;
     ngx_buf_t                    *b;
     ngx_chain_t                  *cl;
@@ -137,9 +138,18 @@ ngx_http_optout_batch_body(ngx_http_request_t *r)
 
     /* the sender and the namespace come from the configuration */
 
-    if (ngx_http_complex_value(r, olcf->check_sender, &from) != NGX_OK
-        || ngx_http_optout_unescape(r, &from) != NGX_OK)
-    {
+    rc = ngx_http_optout_input(r, olcf->check_sender, &from);
+
+    if (rc == NGX_DECLINED) {
+        ngx_http_finalize_request(r,
+            ngx_http_optout_batch_error(r, NGX_HTTP_BAD_REQUEST, "40006",
+                                        "Conflicting sender",
+                                        "The sender was given more than "
+                                        "once; give it once."));
+        return;
+    }
+
+    if (rc != NGX_OK) {
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;
     }

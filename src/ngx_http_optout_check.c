@@ -15,12 +15,37 @@
 static ngx_int_t ngx_http_optout_check_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_optout_check_input(ngx_http_request_t *r,
     ngx_http_optout_loc_conf_t *olcf, ngx_http_optout_ctx_t *ctx);
+static u_char *ngx_http_optout_check_invalid(ngx_http_request_t *r,
+    ngx_http_optout_ctx_t *ctx, u_char *p);
 static void ngx_http_optout_check_lookup_done(ngx_http_optout_lookup_t *lk);
 static void ngx_http_optout_check_timeout(ngx_event_t *ev);
 static void ngx_http_optout_check_cleanup(void *data);
 static void ngx_http_optout_check_finish(ngx_http_optout_ctx_t *ctx);
 static ngx_int_t ngx_http_optout_check_respond(ngx_http_request_t *r,
     ngx_http_optout_ctx_t *ctx);
+
+
+typedef struct {
+    char                        *reason;
+    char                        *code;
+    char                        *title;
+    char                        *detail;
+} ngx_http_optout_invalid_t;
+
+
+static ngx_http_optout_invalid_t  ngx_http_optout_invalid[] = {
+    { "destination", "40001", "Invalid destination",
+      "The destination must be an E.164 phone number (+ and 8 to 15 "
+      "digits) or an email address." },
+    { "sender", "40002", "Invalid sender",
+      "The sender must be an E.164 number, a short code or an "
+      "alphanumeric sender ID of up to 11 characters." },
+    { "conflicting destination", "40005", "Conflicting destination",
+      "The destination was given more than once; give it once." },
+    { "conflicting sender", "40006", "Conflicting sender",
+      "The sender was given more than once; give it once." },
+    { NULL, NULL, NULL, NULL }
+};
 
 
 static ngx_str_t  ngx_http_optout_status_names[] = {
@@ -56,11 +81,7 @@ ngx_http_optout_check(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 char *
 ngx_http_optout_check_merge(ngx_conf_t *cf, ngx_http_optout_loc_conf_t *conf)
 {
-    ngx_http_optout_main_conf_t       *omcf;
-    ngx_http_compile_complex_value_t   ccv;
-
-    static ngx_str_t  to = ngx_string("$arg_to");
-    static ngx_str_t  from = ngx_string("$arg_from");
+    ngx_http_optout_main_conf_t  *omcf;
 
     omcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_optout_module);
 
@@ -78,35 +99,15 @@ ngx_http_optout_check_merge(ngx_conf_t *cf, ngx_http_optout_loc_conf_t *conf)
     }
 
     if (conf->check_destination == NULL) {
-        conf->check_destination = ngx_palloc(cf->pool,
-                                      sizeof(ngx_http_complex_value_t));
+        conf->check_destination = ngx_http_optout_input_default(cf, "to");
         if (conf->check_destination == NULL) {
-            return NGX_CONF_ERROR;
-        }
-
-        ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
-        ccv.cf = cf;
-        ccv.value = &to;
-        ccv.complex_value = conf->check_destination;
-
-        if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
             return NGX_CONF_ERROR;
         }
     }
 
     if (conf->check_sender == NULL) {
-        conf->check_sender = ngx_palloc(cf->pool,
-                                        sizeof(ngx_http_complex_value_t));
+        conf->check_sender = ngx_http_optout_input_default(cf, "from");
         if (conf->check_sender == NULL) {
-            return NGX_CONF_ERROR;
-        }
-
-        ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
-        ccv.cf = cf;
-        ccv.value = &from;
-        ccv.complex_value = conf->check_sender;
-
-        if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
             return NGX_CONF_ERROR;
         }
     }
@@ -233,11 +234,37 @@ ngx_http_optout_check_input(ngx_http_request_t *r,
     ngx_http_optout_lookup_t     *lk;
     ngx_http_optout_main_conf_t  *omcf;
 
-    if (ngx_http_complex_value(r, olcf->check_destination, &to) != NGX_OK
-        || ngx_http_optout_unescape(r, &to) != NGX_OK
-        || ngx_http_complex_value(r, olcf->check_sender, &from) != NGX_OK
-        || ngx_http_optout_unescape(r, &from) != NGX_OK)
-    {
+    /* given twice, the backend behind a gateway may read the other one */
+
+    rc = ngx_http_optout_input(r, olcf->check_destination, &to);
+
+    if (rc == NGX_DECLINED) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "optout: check refused: the destination is given "
+                      "more than once");
+
+        ctx->status = NGX_HTTP_OPTOUT_STATUS_INVALID;
+        ctx->reason = "conflicting destination";
+        return NGX_OK;
+    }
+
+    if (rc != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_optout_input(r, olcf->check_sender, &from);
+
+    if (rc == NGX_DECLINED) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "optout: check refused: the sender is given "
+                      "more than once");
+
+        ctx->status = NGX_HTTP_OPTOUT_STATUS_INVALID;
+        ctx->reason = "conflicting sender";
+        return NGX_OK;
+    }
+
+    if (rc != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
@@ -296,6 +323,39 @@ ngx_http_optout_check_input(ngx_http_request_t *r,
     }
 
     return NGX_OK;
+}
+
+
+/* 400: the JSON error, and its code in X-Optout-Error for auth_request */
+
+static u_char *
+ngx_http_optout_check_invalid(ngx_http_request_t *r,
+    ngx_http_optout_ctx_t *ctx, u_char *p)
+{
+    ngx_http_optout_invalid_t  *e;
+
+    for (e = ngx_http_optout_invalid; e->reason; e++) {
+        if (ngx_strcmp(e->reason, ctx->reason) == 0) {
+            break;
+        }
+    }
+
+    if (e->reason == NULL) {
+        e = ngx_http_optout_invalid;
+    }
+
+    if (ngx_http_optout_add_header(r, "X-Optout-Error", (u_char *) e->code,
+                                   ngx_strlen(e->code))
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
+    r->headers_out.status = NGX_HTTP_BAD_REQUEST;
+
+    return ngx_sprintf(p, "{\"errors\":[{\"code\":\"%s\",\"title\":\"%s\","
+                       "\"detail\":\"%s\"}]}\n", e->code, e->title,
+                       e->detail);
 }
 
 
@@ -467,21 +527,9 @@ ngx_http_optout_check_respond(ngx_http_request_t *r,
         break;
 
     case NGX_HTTP_OPTOUT_STATUS_INVALID:
-        r->headers_out.status = NGX_HTTP_BAD_REQUEST;
-
-        if (ngx_strcmp(ctx->reason, "sender") == 0) {
-            p = ngx_sprintf(p, "{\"errors\":[{\"code\":\"40002\","
-                            "\"title\":\"Invalid sender\","
-                            "\"detail\":\"The sender must be an E.164 "
-                            "number, a short code or an alphanumeric "
-                            "sender ID of up to 11 characters.\"}]}\n");
-
-        } else {
-            p = ngx_sprintf(p, "{\"errors\":[{\"code\":\"40001\","
-                            "\"title\":\"Invalid destination\","
-                            "\"detail\":\"The destination must be an E.164 "
-                            "phone number (+ and 8 to 15 digits) or an "
-                            "email address.\"}]}\n");
+        p = ngx_http_optout_check_invalid(r, ctx, p);
+        if (p == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
         break;

@@ -14,6 +14,8 @@
 
 
 static ngx_int_t ngx_http_optout_link_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_optout_link_token(ngx_http_request_t *r,
+    ngx_str_t *token);
 static ngx_int_t ngx_http_optout_link_record(ngx_http_request_t *r,
     ngx_http_optout_ctx_t *ctx);
 static void ngx_http_optout_link_done(ngx_http_optout_waiter_t *w);
@@ -43,7 +45,6 @@ static ngx_int_t
 ngx_http_optout_link_handler(ngx_http_request_t *r)
 {
     int                           rc;
-    u_char                       *p, *last;
     ngx_int_t                     nrc;
     ngx_http_optout_ctx_t        *ctx;
     ngx_http_optout_loc_conf_t   *olcf;
@@ -63,18 +64,25 @@ ngx_http_optout_link_handler(ngx_http_request_t *r)
     omcf = ngx_http_get_module_main_conf(r, ngx_http_optout_module);
     olcf = ngx_http_get_module_loc_conf(r, ngx_http_optout_module);
 
-    /* the token is the last path segment */
-
-    last = r->uri.data + r->uri.len;
-
-    for (p = last; p > r->uri.data && p[-1] != '/'; p--) {
-        /* void */
+    nrc = ngx_http_optout_namespace(r, olcf, ctx);
+    if (nrc != NGX_OK) {
+        return nrc;
     }
 
-    ctx->token.data = p;
-    ctx->token.len = last - p;
+    /* the token is bound to the namespace, which it does not carry */
+
+    if (ngx_http_optout_link_token(r, &ctx->token) != NGX_OK) {
+        ctx->result = NGX_HTTP_OPTOUT_RESULT_INVALID;
+
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "optout: invalid link: path segments between the "
+                      "location and the token");
+
+        return NGX_HTTP_NOT_FOUND;
+    }
 
     rc = optout_token_open(omcf->keys->elts, omcf->keys->nelts,
+                           (char *) ctx->ns.data, ctx->ns.len,
                            (char *) ctx->token.data, ctx->token.len,
                            &ctx->link);
 
@@ -96,11 +104,6 @@ ngx_http_optout_link_handler(ngx_http_request_t *r)
     ctx->masked.len = optout_mask_dest(&ctx->link.dest,
                                        (char *) ctx->masked.data);
 
-    nrc = ngx_http_optout_namespace(r, olcf, ctx);
-    if (nrc != NGX_OK) {
-        return nrc;
-    }
-
     if (r->method == NGX_HTTP_POST) {
         return ngx_http_optout_link_record(r, ctx);
     }
@@ -113,6 +116,55 @@ ngx_http_optout_link_handler(ngx_http_request_t *r)
     ctx->result = NGX_HTTP_OPTOUT_RESULT_CONFIRM;
 
     return ngx_http_optout_page_send(r, olcf->confirm_page, ctx);
+}
+
+
+/*
+ * The token is the last path segment of the (normalized) URI.  In a prefix
+ * location nothing but the prefix, and a '/' if the prefix lacks one, may
+ * stand before it: "/u/TOKEN", not "/u/any/path/TOKEN".  A URI that no
+ * longer starts with the prefix ("rewrite ... break") keeps the last
+ * segment.
+ */
+
+static ngx_int_t
+ngx_http_optout_link_token(ngx_http_request_t *r, ngx_str_t *token)
+{
+    u_char                    *p, *last;
+    size_t                     start;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    last = r->uri.data + r->uri.len;
+
+    for (p = last; p > r->uri.data && p[-1] != '/'; p--) {
+        /* void */
+    }
+
+    token->data = p;
+    token->len = last - p;
+
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+    if (clcf->named || clcf->noname || clcf->exact_match
+#if (NGX_PCRE)
+        || clcf->regex
+#endif
+        || r->uri.len < clcf->name.len
+        || ngx_strncmp(r->uri.data, clcf->name.data, clcf->name.len) != 0)
+    {
+        return NGX_OK;
+    }
+
+    start = p - r->uri.data;
+
+    if (start == clcf->name.len
+        || (start == clcf->name.len + 1 && clcf->name.len
+            && clcf->name.data[clcf->name.len - 1] != '/'))
+    {
+        return NGX_OK;
+    }
+
+    return NGX_DECLINED;
 }
 
 

@@ -122,8 +122,8 @@ typedef struct {
     ngx_flag_t                   link;
     ngx_flag_t                   check;
     ngx_http_complex_value_t    *namespace;
-    ngx_http_complex_value_t    *check_destination;
-    ngx_http_complex_value_t    *check_sender;
+    ngx_array_t                 *check_destination;  /* input sources */
+    ngx_array_t                 *check_sender;
     ngx_msec_t                   check_timeout;
     ngx_uint_t                   check_fail;
     ngx_http_optout_tpl_t       *confirm_page;
@@ -171,6 +171,13 @@ ngx_int_t ngx_http_optout_send_json(ngx_http_request_t *r,
     ngx_uint_t status, ngx_buf_t *b);
 ngx_int_t ngx_http_optout_unescape(ngx_http_request_t *r, ngx_str_t *v);
 u_char *ngx_http_optout_since(u_char *p, int64_t t);
+
+/* ngx_http_optout_input.c */
+char *ngx_http_optout_input_set(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_array_t *ngx_http_optout_input_default(ngx_conf_t *cf, char *arg);
+ngx_int_t ngx_http_optout_input(ngx_http_request_t *r, ngx_array_t *sources,
+    ngx_str_t *value);
 
 /* ngx_http_optout_link.c */
 char *ngx_http_optout_link(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);

@@ -121,11 +121,13 @@ void optout_mac_destroy(optout_mac_t *mac);
 int optout_mac_compute(optout_mac_t *mac, const unsigned char *data,
     size_t len, unsigned char out[32]);
 
-/* tokens */
+/* tokens; ns (ns_len 0: none) is bound into the tag, not carried */
 int optout_token_encode(optout_mac_t *mac, const optout_link_t *link,
-    char *out, size_t out_size, size_t *out_len);
+    const char *ns, size_t ns_len, char *out, size_t out_size,
+    size_t *out_len);
 int optout_token_open(const optout_key_t *keys, size_t nkeys,
-    const char *token, size_t len, optout_link_t *link);
+    const char *ns, size_t ns_len, const char *token, size_t len,
+    optout_link_t *link);
 
 /* store keys and values */
 int optout_store_key(optout_mac_t *mac, const char *prefix,

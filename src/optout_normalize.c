@@ -89,17 +89,34 @@ optout_trim(const char **p, const char **end)
 
 /*
  * Copies [p, end) without phone separators into buf; returns the number of
- * bytes kept, or size + 1 when they do not fit.
+ * bytes kept, or size + 1 when they do not fit.  One "(0)" after "+" or
+ * "00" and a digit is the national trunk prefix of the written form
+ * ("+44 (0)7700 900123"), not a digit of the number: it is dropped.
  */
 
 static size_t
 optout_strip(const char *p, const char *end, char *buf, size_t size)
 {
-    size_t  n;
+    size_t    n, cc;
+    unsigned  trunk;
 
     n = 0;
+    trunk = 0;
 
     for ( /* void */ ; p < end; p++) {
+        if (*p == '(' && !trunk && end - p >= 3 && p[1] == '0'
+            && p[2] == ')')
+        {
+            cc = (n >= 1 && buf[0] == '+') ? 1
+                 : (n >= 2 && buf[0] == '0' && buf[1] == '0') ? 2 : 0;
+
+            if (cc && n > cc) {
+                trunk = 1;
+                p += 2;
+                continue;
+            }
+        }
+
         if (optout_is_sep((unsigned char) *p)) {
             continue;
         }

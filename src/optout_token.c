@@ -6,10 +6,14 @@
  *   campaign unsigned LEB128, minimal
  *   dest     phone: 7 bytes big-endian; email: length (3..254) + bytes
  *   sender   scope only: length (1..16) + bytes
- *   tag      first 16 bytes of HMAC-SHA256(key, all preceding bytes)
+ *   tag      first 16 bytes of HMAC-SHA256(key, all preceding bytes,
+ *            then, with a namespace, its length byte and its bytes)
  *
- * then base64url without padding.  The decoder is strict, so every
- * accepted token is the one the encoder produces for its contents.
+ * then base64url without padding.  The namespace is not in the token: the
+ * verifier knows its own, so a link works only in the namespace it was
+ * minted for, and an empty namespace gives the tag as it always was.  The
+ * decoder is strict, so every accepted token is the one the encoder
+ * produces for its contents.
  */
 
 #include <string.h>
@@ -46,6 +50,8 @@ static int optout_link_check(const optout_link_t *link);
 static size_t optout_token_body(const optout_link_t *link, unsigned char *p);
 static int optout_token_parse(const unsigned char *p, size_t n,
     optout_link_t *link, size_t *body_len);
+static int optout_token_mac(optout_mac_t *mac, const unsigned char *body,
+    size_t n, const char *ns, size_t ns_len, unsigned char md[32]);
 
 
 static size_t
@@ -258,9 +264,38 @@ optout_token_body(const optout_link_t *link, unsigned char *p)
 }
 
 
+/* the MAC input: the body, then the namespace's length and bytes if any */
+
+static int
+optout_token_mac(optout_mac_t *mac, const unsigned char *body, size_t n,
+    const char *ns, size_t ns_len, unsigned char md[32])
+{
+    unsigned char  in[OPTOUT_TOKEN_BIN_MAX + 1 + OPTOUT_NAMESPACE_MAX];
+
+    if (ns_len == 0) {
+        return optout_mac_compute(mac, body, n, md);
+    }
+
+    if (optout_check_namespace(ns, ns_len) != OPTOUT_OK) {
+        return OPTOUT_ENAMESPACE;
+    }
+
+    if (n > OPTOUT_TOKEN_BIN_MAX) {
+        return OPTOUT_ETOOLONG;
+    }
+
+    memcpy(in, body, n);
+    in[n] = (unsigned char) ns_len;
+    memcpy(in + n + 1, ns, ns_len);
+
+    return optout_mac_compute(mac, in, n + 1 + ns_len, md);
+}
+
+
 int
-optout_token_encode(optout_mac_t *mac, const optout_link_t *link, char *out,
-    size_t out_size, size_t *out_len)
+optout_token_encode(optout_mac_t *mac, const optout_link_t *link,
+    const char *ns, size_t ns_len, char *out, size_t out_size,
+    size_t *out_len)
 {
     int            rc;
     size_t         n, len;
@@ -290,7 +325,7 @@ optout_token_encode(optout_mac_t *mac, const optout_link_t *link, char *out,
         return OPTOUT_ETOOLONG;
     }
 
-    rc = optout_mac_compute(mac, bin, n, md);
+    rc = optout_token_mac(mac, bin, n, ns, ns_len, md);
     if (rc != OPTOUT_OK) {
         return rc;
     }
@@ -465,8 +500,8 @@ optout_token_parse(const unsigned char *p, size_t n, optout_link_t *link,
 
 
 int
-optout_token_open(const optout_key_t *keys, size_t nkeys, const char *token,
-    size_t len, optout_link_t *link)
+optout_token_open(const optout_key_t *keys, size_t nkeys, const char *ns,
+    size_t ns_len, const char *token, size_t len, optout_link_t *link)
 {
     int            rc;
     size_t         n, body, i;
@@ -502,7 +537,7 @@ optout_token_open(const optout_key_t *keys, size_t nkeys, const char *token,
         return OPTOUT_EKEY;
     }
 
-    rc = optout_mac_compute(mac, bin, body, md);
+    rc = optout_token_mac(mac, bin, body, ns, ns_len, md);
     if (rc != OPTOUT_OK) {
         return rc;
     }

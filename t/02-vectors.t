@@ -32,8 +32,10 @@ sub leb128 {
     return $out . chr($v->numify);
 }
 
+# the namespace is not in the token: with one, its length byte and its
+# bytes follow the body in the HMAC input only
 sub token {
-    my ($key, $kid, $campaign, $sender, $dest) = @_;
+    my ($key, $kid, $campaign, $sender, $dest, $ns) = @_;
     my $email = $dest =~ /\@/ ? 1 : 0;
     my $data = chr(0x10 | $email | (defined $sender ? 2 : 0)) . chr($kid)
                . leb128($campaign);
@@ -49,7 +51,11 @@ sub token {
 
     $data .= chr(length $sender) . $sender if defined $sender;
 
-    return encode_base64url($data . substr(hmac_sha256($data, $key), 0, 16));
+    my $mac_in = $data;
+    $mac_in .= chr(length $ns) . $ns if defined $ns && length $ns;
+
+    return encode_base64url($data
+                            . substr(hmac_sha256($mac_in, $key), 0, 16));
 }
 
 sub store_key {
@@ -77,10 +83,18 @@ while (my $line = <$fh>) {
     $count{$kind}++;
 
     if ($kind eq 'token') {
-        my $got = token($key, $kid, $campaign, $sender, $dest);
+        my $got = token($key, $kid, $campaign, $sender, $dest, $ns);
         is($got, $want, "token kid $kid campaign $campaign $dest "
-           . ($sender // '(account)'));
+           . ($sender // '(account)') . ' ns ' . ($ns // '-'));
         unlike($got, qr/[^A-Za-z0-9_-]/, 'token is base64url without padding');
+        $count{token_ns}++ if defined $ns;
+
+        if (defined $ns) {
+            my $plain = token($key, $kid, $campaign, $sender, $dest);
+            is(length $plain, length $want,
+               "ns $ns: no extra token bytes");
+            isnt($plain, $want, "ns $ns: the tag differs from no namespace");
+        }
 
     } elsif ($kind eq 'storekey') {
         is(store_key($key, $sender, $dest, $ns), $want,
@@ -96,6 +110,7 @@ close $fh;
 
 cmp_ok($count{token} // 0, '>=', 6, 'at least 6 token vectors');
 cmp_ok($count{storekey} // 0, '>=', 4, 'at least 4 store key vectors');
+cmp_ok($count{token_ns} // 0, '>=', 3, 'at least 3 namespace token vectors');
 
 # the SMS budget: 15-digit phone, campaign 2^32-1, account-wide: 40 chars
 is(length token('k' x 32, 1, '4294967295', undef, '+999999999999999'), 40,

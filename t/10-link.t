@@ -35,6 +35,16 @@ $t->setup(server => <<'EOF');
             optout_link;
             optout_namespace tenant-$http_x_tenant;
         }
+        location /np {
+            optout_link;
+        }
+        location ~ ^/re/ {
+            optout_link;
+        }
+        location /unsub/ {
+            rewrite ^/unsub/(.*)$ /x/$1 break;
+            optout_link;
+        }
 EOF
 
 my $phone = '+447700900123';
@@ -64,6 +74,24 @@ SKIP: {
                           '--sender', 'acme', $sphone);
     $out =~ s/\s+\z//;
     is($out, $tok_sender, 'optoutctl sign = Perl mint (sender)');
+}
+
+SKIP: {
+    skip 'build/optoutctl not built', 4 unless -x OptoutTest::ctl_path();
+    my $want = $t->token(dest => $phone, campaign => 42, ns => 'tenant-a');
+    my ($rc, $out) = $t->ctl('sign', '--key', $t->path('k1.key'),
+                             '--campaign', 42, '--namespace', 'tenant-a',
+                             $phone);
+    $out =~ s/\s+\z//;
+    is($out, $want, 'optoutctl sign --namespace = Perl mint (ns)');
+    isnt($out, $tok_phone, 'the namespace changes the token');
+    ($rc, $out) = $t->ctl('verify', '--key', $t->path('k1.key'),
+                          '--namespace', 'tenant-a', $want);
+    is($rc, 0, 'optoutctl verify --namespace: valid') or diag $out;
+    ($rc, $out) = $t->ctl('verify', '--key', $t->path('k1.key'),
+                          '--namespace', 'tenant-b', $want);
+    is($rc, 1, 'optoutctl verify in another namespace: invalid')
+        or diag $out;
 }
 
 sub check_page_headers {
@@ -188,6 +216,40 @@ is($t->mc_get($t->skey(dest => '+447700900999')), undef,
    'PUT/DELETE: no rule');
 is(scalar $t->journal_for('+447700900999'), 0, 'PUT/DELETE: no journal');
 
+# ---------------------------------------------------------------- paths
+
+# In a prefix location the token follows the prefix directly.  nginx
+# normalizes the path first (dot segments, merged slashes, %XX), so those
+# spellings reach the module as /u/TOKEN.
+{
+    my $tok = $t->token(dest => '+447700900401', campaign => 4);
+    my $jn = $t->journal_count;
+    is($t->get("/u/any/path/$tok")->{status}, 404,
+       'path: GET /u/any/path/TOKEN is 404');
+    is($t->post_one_click("/u/any/path/$tok")->{status}, 404,
+       'path: POST /u/any/path/TOKEN is 404');
+    is($t->post_one_click("/u/x/$tok")->{status}, 404,
+       'path: POST /u/x/TOKEN is 404');
+    is($t->journal_count, $jn, 'path: nothing recorded for extra segments');
+    like($t->error_log // "",
+         qr/path segments between the location and the token/,
+       'path: the reason is logged');
+    is($t->get("/u/x/../$tok")->{status}, 200,
+       'path: /u/x/../TOKEN is /u/TOKEN once nginx normalized it');
+    is($t->get("/u//$tok")->{status}, 200,
+       'path: /u//TOKEN is /u/TOKEN (merge_slashes)');
+    is($t->get("/u/$tok?utm=1")->{status}, 200,
+       'path: the query string is ignored');
+    is($t->get("/u/$tok/")->{status}, 404, 'path: a trailing slash is 404');
+    is($t->get("/np/$tok")->{status}, 200,
+       'path: location /np serves /np/TOKEN');
+    is($t->get("/np/x/$tok")->{status}, 404, 'path: but not /np/x/TOKEN');
+    is($t->get("/re/any/path/$tok")->{status}, 200,
+       'path: a regex location takes the last segment');
+    is($t->get("/unsub/$tok")->{status}, 200,
+       'path: rewritten by "rewrite ... break": the last segment');
+}
+
 # ---------------------------------------------------------------- templates
 
 my $tok_tpl = $t->token(dest => '+447700900555', campaign => 77,
@@ -206,19 +268,41 @@ like($t->mc_get($t->skey(dest => '+447700900555', sender => 'SHOP1')) // '',
 
 # ---------------------------------------------------------------- namespace
 
+# the namespace is bound into the token: a link opts out only in the
+# tenant it was minted for, whatever tenant the client names
 my $ns_dest = '+447700900777';
-my $tok_ns = $t->token(dest => $ns_dest, campaign => 88);
-$r = $t->post_one_click("/ns/$tok_ns");     # no X-Tenant: "tenant-"
-is($r->{status}, 200, "namespace POST without the header: 200");
-$r = $t->post("/ns/$tok_ns", 'List-Unsubscribe=One-Click',
+my $tok_blue = $t->token(dest => $ns_dest, campaign => 88,
+                         ns => 'tenant-blue');
+my $tok_none = $t->token(dest => $ns_dest, campaign => 88,
+                         ns => 'tenant-');
+my $tok_plain = $t->token(dest => $ns_dest, campaign => 88);
+my $jn = $t->journal_count;
+$r = $t->post("/ns/$tok_blue", 'List-Unsubscribe=One-Click',
+              'Content-Type' => 'application/x-www-form-urlencoded',
+              'X-Tenant' => 'red');
+is($r->{status}, 404, 'namespace: token of tenant-blue POSTed as red: 404');
+$r = $t->get("/ns/$tok_blue", 'X-Tenant' => 'red');
+is($r->{status}, 404, 'namespace: token of tenant-blue, GET as red: 404');
+$r = $t->post_one_click("/ns/$tok_blue");
+is($r->{status}, 404, 'namespace: token of tenant-blue without header: 404');
+$r = $t->post_one_click("/ns/$tok_plain");
+is($r->{status}, 404, 'namespace: token without namespace: 404 here');
+is($t->journal_count, $jn, 'namespace: the 404s recorded nothing');
+is($t->mc_get($t->skey(dest => $ns_dest, ns => 'tenant-red')), undef,
+   'namespace: no rule in tenant-red');
+$r = $t->post("/ns/$tok_blue", 'List-Unsubscribe=One-Click',
               'Content-Type' => 'application/x-www-form-urlencoded',
               'X-Tenant' => 'blue');
-is($r->{status}, 200, 'namespace POST: 200');
+is($r->{status}, 200, 'namespace: token of tenant-blue POSTed as blue: 200');
 like($t->mc_get($t->skey(dest => $ns_dest, ns => 'tenant-blue')) // '',
      qr/^1 88 \d+ link sms 1$/, 'namespace: rule under the namespaced key');
+$r = $t->post_one_click("/ns/$tok_none");     # no X-Tenant: "tenant-"
+is($r->{status}, 200, 'namespace: token of "tenant-" without header: 200');
 my %jns = map { ($_->{ns} // '?') => 1 } $t->journal_for($ns_dest);
 ok($jns{'tenant-blue'}, 'namespace: journal ns from the complex value');
 ok($jns{'tenant-'}, 'namespace: empty variable gives "tenant-"')
+    or diag explain \%jns;
+is(scalar keys %jns, 2, 'namespace: no journal line in another tenant')
     or diag explain \%jns;
 like($t->mc_get($t->skey(dest => $ns_dest, ns => 'tenant-')) // '',
      qr/^1 88 /, 'namespace "tenant-": its own rule');

@@ -232,8 +232,9 @@ is($t->post_one_click('/u/' . $t->token(dest => $A, campaign => 42))
 is($t->post_one_click('/u/' . $t->token(dest => $S, campaign => 300,
                                         sender => 'acme'))->{status}, 200,
    'link POST: ACME rule for S');
-is($t->post_one_click('/ua/' . $t->token(dest => $N, campaign => 5))
-     ->{status}, 200, 'link POST: account-wide rule for N in namespace a');
+is($t->post_one_click('/ua/' . $t->token(dest => $N, campaign => 5,
+                                         ns => 'a'))->{status}, 200,
+   'link POST: account-wide rule for N in namespace a');
 is($t->post_one_click('/u/' . $t->token(dest => 'John@Example.COM',
                                         campaign => 7))->{status}, 200,
    'link POST: email rule');

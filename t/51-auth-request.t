@@ -31,6 +31,7 @@ my $JSON = JSON::PP->new->utf8;
 my $A    = '+447700900201';     # account-wide rule, campaign 42
 my $S    = '+447700900202';     # rule for sender ACME, campaign 300
 my $FREE = '+447700900299';     # no rule
+my $S2   = '+447700900203';     # rule for sender "ACME CO" (gateway)
 
 sub decode {
     my ($r) = @_;
@@ -76,6 +77,19 @@ sub refused {
         $ok &= like($r->{err}{since} // '',
                     qr/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/, "$what: since");
     }
+    diag "answer: $r->{status} $r->{content}" unless $ok;
+    return $ok;
+}
+
+# 400 from the gateway: the check's code, in JSON, never proxied
+sub invalid {
+    my ($t, $r, $what, $code) = @_;
+    my $ok = is($r->{status}, 400, "$what: 400");
+    $ok &= like($r->{headers}{'content-type'} // '',
+                qr{^application/json\b}, "$what: JSON");
+    $ok &= is($r->{err}{code}, $code, "$what: code $code");
+    $ok &= is($r->{headers}{'x-optout-status'}, 'invalid',
+              "$what: X-Optout-Status invalid");
     diag "answer: $r->{status} $r->{content}" unless $ok;
     return $ok;
 }
@@ -328,8 +342,8 @@ EOF
          'gateway: upstream got X-Optout-Status: allowed');
     $r = send_msg($g, undef, 'X-To' => $FREE, 'X-From' => 'ACME');
     sent_ok($g, $r, 'gateway: allowed (headers)');
-    $r = send_msg($g, 'to=%2B447700900201', 'X-To' => $FREE);
-    sent_ok($g, $r, 'gateway: X-To preferred to ?to=');
+    $r = send_msg($g, 'to=%2B447700900299&from=ACME+CO');
+    sent_ok($g, $r, 'gateway: allowed (form-encoded sender ACME+CO)');
     is(upstream_count($g), $n + 3, 'gateway: three sends at the upstream');
     $n = upstream_count($g);
 
@@ -344,6 +358,71 @@ EOF
     refused($g, $r, 'gateway: blocked sender (arg to, header from)',
             '40300', '300', 'sender');
     is(upstream_count($g), $n, 'gateway: blocked sends never reach the upstream');
+
+    # the + rule: a leading + is the + of the number, any other + in a
+    # query argument is the space a form encoder wrote; in a header a +
+    # is a +
+    ok($g->mc_set($skey->(dest => $S2, sender => 'ACME CO'),
+                  "1 301 $rt api sms 0"), 'gateway: "ACME CO" rule for S2');
+    $r = send_msg($g, 'to=+447700900201');
+    refused($g, $r, 'gateway: blocked (raw leading + in to)', '40300', '42',
+            'account');
+    $r = send_msg($g, 'to=%2B447700900203&from=ACME+CO');
+    refused($g, $r, 'gateway: blocked (from=ACME+CO is "ACME CO")',
+            '40300', '301', 'sender');
+    $r = send_msg($g, 'to=%2B447700900203&from=acme%20co');
+    refused($g, $r, 'gateway: blocked (from=acme%20co)', '40300', '301',
+            'sender');
+    $r = send_msg($g, 'to=%2B447700900203', 'X-From' => 'ACME CO');
+    refused($g, $r, 'gateway: blocked (X-From: ACME CO)', '40300', '301',
+            'sender');
+    $r = send_msg($g, 'to=%2B447700900203&from=ACME%2BCO');
+    invalid($g, $r, 'gateway: from=ACME%2BCO is "ACME+CO"', '40002');
+    $r = send_msg($g, 'to=%2B447700900203', 'X-From' => 'ACME+CO');
+    invalid($g, $r, 'gateway: X-From: ACME+CO is "ACME+CO"', '40002');
+    is(upstream_count($g), $n, 'gateway: none of these reached the upstream');
+
+    # polluted requests: what is checked must be all the backend can read.
+    # Each one is 400 with its code and never reaches the upstream, with
+    # the free number first or second.
+    my $F = '%2B447700900299';
+    my $B = '%2B447700900201';
+    my @polluted = (
+        [ 'two to (free first)',       "to=$F&to=$B",        {}, '40005' ],
+        [ 'two to (blocked first)',    "to=$B&to=$F",        {}, '40005' ],
+        [ 'two equal to',              "to=$F&to=$F",        {}, '40005' ],
+        [ 'empty to, then to',         "to=&to=$B",          {}, '40005' ],
+        [ 'to, then bare to',          "to=$F&to",           {}, '40005' ],
+        [ 'to and TO',                 "to=$F&TO=$B",        {}, '40005' ],
+        [ 'to and %74o',               "to=$F&%74o=$B",      {}, '40005' ],
+        [ 'to and to[]',               "to=$F&to[]=$B",      {}, '40005' ],
+        [ 'to;to',                     "to=$F;to=$B",        {}, '40005' ],
+        [ 'X-To and to',               "to=$B", { 'X-To' => $FREE }, '40005' ],
+        [ 'X-To and to (same)',        "to=$F", { 'X-To' => $FREE }, '40005' ],
+        [ 'two X-To',                  undef, { 'X-To' => [$FREE, $A] },
+          '40005' ],
+        [ 'two from',                  "to=$F&from=OTHER&from=ACME", {},
+          '40006' ],
+        [ 'from and FROM',             "to=$F&from=OTHER&FROM=ACME", {},
+          '40006' ],
+        [ 'X-From and from',           "to=$F&from=OTHER",
+          { 'X-From' => 'ACME' }, '40006' ],
+        [ 'two X-From',                "to=$F",
+          { 'X-From' => ['OTHER', 'ACME'] }, '40006' ],
+    );
+
+    for my $c (@polluted) {
+        my ($what, $q, $h, $code) = @$c;
+        invalid($g, send_msg($g, $q, %$h), "gateway: polluted: $what",
+                $code);
+    }
+
+    is(upstream_count($g), $n,
+       'gateway: no polluted request reached the upstream');
+    my @upl = $g->file_lines('logs/upstream.log');
+    ok(!(grep { /447700900201|447700900203/ } @upl),
+       'gateway: the upstream never saw a blocked number')
+        or diag join "\n", @upl;
     $r = send_msg($g, 'to=%2B447700900202&from=OTHER');
     sent_ok($g, $r, 'gateway: sender rule, OTHER sender');
     $n = upstream_count($g);
@@ -351,10 +430,8 @@ EOF
     $r = $g->get('/v1/messages?to=%2B447700900299');
     is($r->{status}, 405, 'gateway: GET /v1/messages is 405');
     $r = send_msg($g, 'to=nonsense');
-    isnt($r->{status}, 202, 'gateway: invalid destination not sent');
-    is($r->{status}, 500, 'gateway: invalid destination: 500 (auth_request)')
-        or diag "answer: $r->{status} $r->{content}";
-    is($r->{err}{code}, '50001', 'gateway: invalid: JSON code 50001');
+    invalid($g, $r, 'gateway: invalid destination', '40001');
+    is(upstream_count($g), $n, 'gateway: invalid: not at the upstream');
     is($g->get('/healthz')->{status}, 204, 'gateway: /healthz');
 
     my @cl = $g->file_lines('logs/gateway-check.log');

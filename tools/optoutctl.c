@@ -65,6 +65,8 @@ typedef struct {
 typedef struct {
     optout_mac_t   *mac;
     optout_link_t   link;
+    const char     *ns;
+    size_t          ns_len;
     const char     *base;
     size_t          base_len;
     uint64_t        bad;
@@ -134,7 +136,8 @@ static const char  octl_keygen_usage[] =
 
 static const char  octl_sign_usage[] =
     "usage: optoutctl sign --key FILE [--key-id N] --campaign ID\n"
-    "                      [--sender S] [--base URL] [DEST...]\n"
+    "                      [--sender S] [--namespace NS] [--base URL]\n"
+    "                      [DEST...]\n"
     "\n"
     "Print one link (BASE/TOKEN) or, without --base, one token per\n"
     "destination.  Destinations are read from stdin, one per line, when\n"
@@ -145,12 +148,14 @@ static const char  octl_sign_usage[] =
     "  -i, --key-id N       key id, 1..255 (default 1)\n"
     "  -c, --campaign ID    campaign id, decimal 0..18446744073709551615\n"
     "  -s, --sender S       sender-scoped links (default: account-wide)\n"
+    "  -n, --namespace NS   the optout_namespace of the link location\n"
+    "                       (default: none); the link works only there\n"
     "  -b, --base URL       link base, e.g. https://example.com/o\n"
     "  -h, --help           show this help\n";
 
 static const char  octl_verify_usage[] =
     "usage: optoutctl verify --key FILE [--key-id N] [--key FILE\n"
-    "                        [--key-id N]]... TOKEN|URL\n"
+    "                        [--key-id N]]... [--namespace NS] TOKEN|URL\n"
     "\n"
     "Check a token, or the last path segment of a link, and print what it\n"
     "contains.  Several keys may be given (key rotation); each --key-id\n"
@@ -158,6 +163,8 @@ static const char  octl_verify_usage[] =
     "\n"
     "  -k, --key FILE       link key file (repeatable)\n"
     "  -i, --key-id N       id of the preceding key, 1..255\n"
+    "  -n, --namespace NS   namespace the token was minted for (default:\n"
+    "                       none)\n"
     "  -h, --help           show this help\n"
     "\n"
     "Exit status: 0 valid, 1 invalid, 2 usage error.\n";
@@ -618,8 +625,8 @@ octl_sign_one(octl_sign_t *ctx, const char *in, size_t len,
         return rc;
     }
 
-    rc = optout_token_encode(ctx->mac, &ctx->link, token, sizeof(token),
-                             &tlen);
+    rc = optout_token_encode(ctx->mac, &ctx->link, ctx->ns, ctx->ns_len,
+                             token, sizeof(token), &tlen);
 
     if (rc != OPTOUT_OK) {
         octl_error("%s %" PRIu64 ": %s", what, n, optout_strerror(rc));
@@ -656,6 +663,7 @@ octl_sign(int argc, char **argv)
         { "key-id", required_argument, NULL, 'i' },
         { "campaign", required_argument, NULL, 'c' },
         { "sender", required_argument, NULL, 's' },
+        { "namespace", required_argument, NULL, 'n' },
         { "base", required_argument, NULL, 'b' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 }
@@ -668,7 +676,8 @@ octl_sign(int argc, char **argv)
     sender = NULL;
     key_id = 1;
 
-    while ((c = octl_getopt(argc, argv, "sign", ":k:i:c:s:b:h", longopts))
+    while ((c = octl_getopt(argc, argv, "sign", ":k:i:c:s:n:b:h",
+                            longopts))
            != -1)
     {
         switch (c) {
@@ -686,6 +695,10 @@ octl_sign(int argc, char **argv)
             break;
         case 's':
             sender = optarg;
+            break;
+        case 'n':
+            ctx.ns = optarg;
+            ctx.ns_len = strlen(optarg);
             break;
         case 'b':
             ctx.base = optarg;
@@ -719,6 +732,13 @@ octl_sign(int argc, char **argv)
         if (rc != OCTL_EXIT_OK) {
             return rc;
         }
+    }
+
+    if (ctx.ns_len > 0
+        && optout_check_namespace(ctx.ns, ctx.ns_len) != OPTOUT_OK)
+    {
+        return octl_usage_error("sign", "invalid --namespace \"%s\"",
+                                ctx.ns);
     }
 
     if (ctx.base != NULL) {
@@ -805,7 +825,7 @@ octl_verify(int argc, char **argv)
 {
     int              c, rc;
     size_t           nkeys, i, j, len;
-    const char      *arg, *p, *end, *q;
+    const char      *arg, *p, *end, *q, *ns;
     optout_link_t    link;
     optout_key_t     keys[OCTL_MAX_KEYS];
     octl_key_arg_t   args[OCTL_MAX_KEYS];
@@ -813,13 +833,15 @@ octl_verify(int argc, char **argv)
     static const struct option  longopts[] = {
         { "key", required_argument, NULL, 'k' },
         { "key-id", required_argument, NULL, 'i' },
+        { "namespace", required_argument, NULL, 'n' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 }
     };
 
     nkeys = 0;
+    ns = "";
 
-    while ((c = octl_getopt(argc, argv, "verify", ":k:i:h", longopts))
+    while ((c = octl_getopt(argc, argv, "verify", ":k:i:n:h", longopts))
            != -1)
     {
         switch (c) {
@@ -853,6 +875,10 @@ octl_verify(int argc, char **argv)
             args[nkeys - 1].id_set = 1;
             break;
 
+        case 'n':
+            ns = optarg;
+            break;
+
         case 'h':
             return octl_help(octl_verify_usage);
 
@@ -868,6 +894,10 @@ octl_verify(int argc, char **argv)
     if (argc - optind != 1) {
         return octl_usage_error("verify", argc == optind
                                 ? "missing TOKEN" : "too many arguments");
+    }
+
+    if (optout_check_namespace(ns, strlen(ns)) != OPTOUT_OK) {
+        return octl_usage_error("verify", "invalid --namespace \"%s\"", ns);
     }
 
     for (i = 0; i < nkeys; i++) {
@@ -924,7 +954,7 @@ octl_verify(int argc, char **argv)
         rc = OPTOUT_EMALFORMED;
 
     } else {
-        rc = optout_token_open(keys, nkeys, q, len, &link);
+        rc = optout_token_open(keys, nkeys, ns, strlen(ns), q, len, &link);
     }
 
     for (i = 0; i < nkeys; i++) {

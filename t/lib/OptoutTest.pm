@@ -793,7 +793,8 @@ sub _build_request {
     }
     for my $k (sort keys %h) {
         next unless defined $h{$k};
-        $req .= "$k: $h{$k}\r\n";
+        # an array sends the header once per value
+        $req .= "$k: $_\r\n" for ref $h{$k} ? @{$h{$k}} : $h{$k};
     }
     $req .= "\r\n";
     $req .= $body if defined $body;
@@ -1210,12 +1211,15 @@ sub token_payload {
 }
 
 # mint(key => $bytes, key_id => 1, campaign => 42, dest => '+4477...',
-#      sender => undef)
+#      sender => undef, ns => undef): the namespace is not in the token, its
+#      length byte and bytes follow the payload in the HMAC input only
 sub mint {
     my (%a) = @_;
     die "mint: key required" unless defined $a{key};
     my $bin = token_payload(%a);
-    $bin .= substr(hmac_sha256($bin, $a{key}), 0, 16);
+    my $in = $bin;
+    $in .= chr(length $a{ns}) . $a{ns} if defined $a{ns} && length $a{ns};
+    $bin .= substr(hmac_sha256($in, $a{key}), 0, 16);
     return b64url($bin);
 }
 

@@ -237,6 +237,12 @@ static const dest_case_t  dest_cases[] = {
     { "+12345678", "+12345678", OPTOUT_DEST_PHONE },
     { "+123456789012345", "+123456789012345", OPTOUT_DEST_PHONE },
     { "00123456789012345", "+123456789012345", OPTOUT_DEST_PHONE },
+    { "+44 (0)7700 900123", "+447700900123", OPTOUT_DEST_PHONE },
+    { "+44(0)20 7946 0958", "+442079460958", OPTOUT_DEST_PHONE },
+    { "0044 (0) 7700 900123", "+447700900123", OPTOUT_DEST_PHONE },
+    { "+49 (0)30 1234567", "+49301234567", OPTOUT_DEST_PHONE },
+    { "+(0)447700900123", NULL, 0 },
+    { "(0)7700 900123", NULL, 0 },
     { "+1234567", NULL, 0 },
     { "+1234567890123456", NULL, 0 },
     { "001234567890123456", NULL, 0 },
@@ -398,6 +404,7 @@ static const str_case_t  sender_cases[] = {
     { "1234A", "1234A" },
     { "00A", "00A" },
     { "+44 7700 900123", "+447700900123" },
+    { "+44 (0)7700 900123", "+447700900123" },
     { "0044 7700-900123", "+447700900123" },
     { "+12345678", "+12345678" },
     { "12345", "12345" },
@@ -570,7 +577,7 @@ test_token_roundtrip(void)
                   cases[i].sender);
 
         rc = optout_token_encode(cases[i].kid == 1 ? mac1 : mac2, &link,
-                                 tok, sizeof(tok), &n);
+                                 NULL, 0, tok, sizeof(tok), &n);
 
         if (!ok(rc == OPTOUT_OK && n == strlen(tok),
                 "encode kid %u campaign %" PRIu64 " %s %s",
@@ -582,7 +589,7 @@ test_token_roundtrip(void)
         }
 
         memset(&got, 0x55, sizeof(got));
-        rc = optout_token_open(keys12, 2, tok, n, &got);
+        rc = optout_token_open(keys12, 2, NULL, 0, tok, n, &got);
 
         ok(rc == OPTOUT_OK && link_eq(&link, &got)
            && got.dest.data[got.dest.len] == '\0'
@@ -590,7 +597,7 @@ test_token_roundtrip(void)
            "open %s round-trips (rc %d)", tok, rc);
 
         rc = optout_token_encode(cases[i].kid == 1 ? mac1 : mac2, &got,
-                                 tok2, sizeof(tok2), &n2);
+                                 NULL, 0, tok2, sizeof(tok2), &n2);
         ok(rc == OPTOUT_OK && n2 == n && strcmp(tok, tok2) == 0,
            "re-encode of %s is identical", tok);
     }
@@ -598,7 +605,7 @@ test_token_roundtrip(void)
     /* the SMS budget */
 
     make_link(&link, 1, 4294967295ULL, "+999999999999999", NULL);
-    rc = optout_token_encode(mac1, &link, tok, sizeof(tok), &n);
+    rc = optout_token_encode(mac1, &link, NULL, 0, tok, sizeof(tok), &n);
     ok(rc == OPTOUT_OK && n == 40,
        "15-digit phone, campaign 2^32-1, account scope: %zu chars (<= 40)",
        n);
@@ -616,7 +623,7 @@ test_token_roundtrip(void)
         buf[254] = '\0';
 
         make_link(&link, 255, UINT64_MAX, buf, "+123456789012345");
-        rc = optout_token_encode(mac1, &link, tok, sizeof(tok), &n);
+        rc = optout_token_encode(mac1, &link, NULL, 0, tok, sizeof(tok), &n);
         ok(rc == OPTOUT_OK && n <= OPTOUT_TOKEN_MAX && link.dest.len == 254,
            "largest token %zu chars <= OPTOUT_TOKEN_MAX", n);
     }
@@ -635,58 +642,58 @@ test_token_encode_errors(void)
 
     bad = link;
     bad.key_id = 0;
-    rc = optout_token_encode(mac1, &bad, tok, sizeof(tok), &n);
+    rc = optout_token_encode(mac1, &bad, NULL, 0, tok, sizeof(tok), &n);
     ok(rc == OPTOUT_EKEY, "encode key id 0 -> EKEY (%d)", rc);
 
     bad.key_id = 256;
-    rc = optout_token_encode(mac1, &bad, tok, sizeof(tok), &n);
+    rc = optout_token_encode(mac1, &bad, NULL, 0, tok, sizeof(tok), &n);
     ok(rc == OPTOUT_EKEY, "encode key id 256 -> EKEY (%d)", rc);
 
     bad = link;
     strcpy(bad.dest.data, "+44 7700900123");
     bad.dest.len = strlen(bad.dest.data);
-    rc = optout_token_encode(mac1, &bad, tok, sizeof(tok), &n);
+    rc = optout_token_encode(mac1, &bad, NULL, 0, tok, sizeof(tok), &n);
     ok(rc == OPTOUT_EDEST, "encode non-normalized phone -> EDEST (%d)", rc);
 
     bad = link;
     strcpy(bad.dest.data, "John@example.com");
     bad.dest.len = strlen(bad.dest.data);
     bad.dest.type = OPTOUT_DEST_EMAIL;
-    rc = optout_token_encode(mac1, &bad, tok, sizeof(tok), &n);
+    rc = optout_token_encode(mac1, &bad, NULL, 0, tok, sizeof(tok), &n);
     ok(rc == OPTOUT_EDEST, "encode non-normalized email -> EDEST (%d)", rc);
 
     bad = link;
     bad.dest.type = OPTOUT_DEST_EMAIL;
-    rc = optout_token_encode(mac1, &bad, tok, sizeof(tok), &n);
+    rc = optout_token_encode(mac1, &bad, NULL, 0, tok, sizeof(tok), &n);
     ok(rc == OPTOUT_EDEST, "encode type mismatch -> EDEST (%d)", rc);
 
     bad = link;
     bad.dest.len = 5;
-    rc = optout_token_encode(mac1, &bad, tok, sizeof(tok), &n);
+    rc = optout_token_encode(mac1, &bad, NULL, 0, tok, sizeof(tok), &n);
     ok(rc == OPTOUT_EDEST, "encode wrong dest len -> EDEST (%d)", rc);
 
     bad = link;
     strcpy(bad.sender, "acme");
     bad.sender_len = 4;
-    rc = optout_token_encode(mac1, &bad, tok, sizeof(tok), &n);
+    rc = optout_token_encode(mac1, &bad, NULL, 0, tok, sizeof(tok), &n);
     ok(rc == OPTOUT_ESENDER, "encode lowercase sender -> ESENDER (%d)", rc);
 
     bad.sender_len = 17;
-    rc = optout_token_encode(mac1, &bad, tok, sizeof(tok), &n);
+    rc = optout_token_encode(mac1, &bad, NULL, 0, tok, sizeof(tok), &n);
     ok(rc == OPTOUT_ESENDER, "encode sender_len 17 -> ESENDER (%d)", rc);
 
-    rc = optout_token_encode(mac1, &link, tok, sizeof(tok), &len);
+    rc = optout_token_encode(mac1, &link, NULL, 0, tok, sizeof(tok), &len);
 
-    rc = optout_token_encode(mac1, &link, tok, len + 1, &n);
+    rc = optout_token_encode(mac1, &link, NULL, 0, tok, len + 1, &n);
     ok(rc == OPTOUT_OK && n == len, "encode into exactly len + 1 bytes");
 
     tok[0] = 'X';
     n = 99;
-    rc = optout_token_encode(mac1, &link, tok, len, &n);
+    rc = optout_token_encode(mac1, &link, NULL, 0, tok, len, &n);
     ok(rc == OPTOUT_ETOOLONG && tok[0] == '\0' && n == 0,
        "encode into len bytes -> ETOOLONG, empty output (%d)", rc);
 
-    rc = optout_token_encode(NULL, &link, tok, sizeof(tok), &n);
+    rc = optout_token_encode(NULL, &link, NULL, 0, tok, sizeof(tok), &n);
     ok(rc == OPTOUT_ECRYPTO, "encode without mac -> ECRYPTO (%d)", rc);
 }
 
@@ -704,7 +711,7 @@ test_token_tamper(const optout_link_t *link, const char *what)
         "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
         "=+/ .\n";
 
-    rc = optout_token_encode(mac1, link, tok, sizeof(tok), &n);
+    rc = optout_token_encode(mac1, link, NULL, 0, tok, sizeof(tok), &n);
     if (!ok(rc == OPTOUT_OK, "%s: encode", what)) {
         return;
     }
@@ -723,7 +730,7 @@ test_token_tamper(const optout_link_t *link, const char *what)
             b2[i] ^= (unsigned char) (1 << j);
             b64_encode(b2, blen, t2);
 
-            rc = optout_token_open(keys12, 2, t2, strlen(t2), &got);
+            rc = optout_token_open(keys12, 2, NULL, 0, t2, strlen(t2), &got);
             tries++;
 
             if (rc == OPTOUT_OK) {
@@ -751,7 +758,9 @@ test_token_tamper(const optout_link_t *link, const char *what)
             memcpy(t2, tok, n + 1);
             t2[i] ^= (char) (1 << j);
 
-            if (optout_token_open(keys12, 2, t2, n, &got) == OPTOUT_OK) {
+            if (optout_token_open(keys12, 2, NULL, 0, t2, n, &got)
+                == OPTOUT_OK)
+            {
                 bad_ok++;
                 diag("accepted with char %zu bit %zu flipped", i, j);
             }
@@ -765,7 +774,9 @@ test_token_tamper(const optout_link_t *link, const char *what)
     bad_ok = 0;
 
     for (i = 0; i < n; i++) {
-        if (optout_token_open(keys12, 2, tok, i, &got) == OPTOUT_OK) {
+        if (optout_token_open(keys12, 2, NULL, 0, tok, i, &got)
+            == OPTOUT_OK)
+        {
             bad_ok++;
             diag("truncation to %zu accepted", i);
         }
@@ -782,8 +793,10 @@ test_token_tamper(const optout_link_t *link, const char *what)
         t2[n] = extra[i];
         t2[n + 1] = extra[i];
 
-        if (optout_token_open(keys12, 2, t2, n + 1, &got) == OPTOUT_OK
-            || optout_token_open(keys12, 2, t2, n + 2, &got) == OPTOUT_OK)
+        if (optout_token_open(keys12, 2, NULL, 0, t2, n + 1, &got)
+            == OPTOUT_OK
+            || optout_token_open(keys12, 2, NULL, 0, t2, n + 2, &got)
+               == OPTOUT_OK)
         {
             bad_ok++;
             diag("appended 0x%02x accepted", extra[i]);
@@ -792,8 +805,61 @@ test_token_tamper(const optout_link_t *link, const char *what)
 
     ok(bad_ok == 0, "%s: every appended character rejected", what);
 
-    rc = optout_token_open(keys12, 2, tok, n, &got);
+    rc = optout_token_open(keys12, 2, NULL, 0, tok, n, &got);
     ok(rc == OPTOUT_OK, "%s: original still accepted", what);
+}
+
+
+/* the namespace is bound into the tag and never carried in the token */
+
+static void
+test_token_namespace(void)
+{
+    int            rc;
+    char           tok[OPTOUT_TOKEN_MAX + 1], plain[OPTOUT_TOKEN_MAX + 1];
+    size_t         n, pn;
+    optout_link_t  link, got;
+
+    make_link(&link, 1, 42, "+447700900123", "ACME");
+
+    rc = optout_token_encode(mac1, &link, NULL, 0, plain, sizeof(plain),
+                             &pn);
+    ok(rc == OPTOUT_OK, "token without namespace");
+
+    rc = optout_token_encode(mac1, &link, "", 0, tok, sizeof(tok), &n);
+    ok(rc == OPTOUT_OK && n == pn && strcmp(tok, plain) == 0,
+       "an empty namespace is no namespace");
+
+    rc = optout_token_encode(mac1, &link, "tenant-a", 8, tok, sizeof(tok),
+                             &n);
+    ok(rc == OPTOUT_OK && n == pn && strcmp(tok, plain) != 0
+       && memcmp(tok, plain, n - 22) == 0,
+       "namespace changes the tag only, not the length (%s)", tok);
+
+    rc = optout_token_open(keys12, 2, "tenant-a", 8, tok, n, &got);
+    ok(rc == OPTOUT_OK && link_eq(&link, &got), "opens in its namespace");
+
+    rc = optout_token_open(keys12, 2, "tenant-b", 8, tok, n, &got);
+    ok(rc == OPTOUT_ETAG, "tag mismatch in another namespace (%d)", rc);
+
+    rc = optout_token_open(keys12, 2, "tenant-", 7, tok, n, &got);
+    ok(rc == OPTOUT_ETAG, "tag mismatch in a prefix of it (%d)", rc);
+
+    rc = optout_token_open(keys12, 2, NULL, 0, tok, n, &got);
+    ok(rc == OPTOUT_ETAG, "tag mismatch without namespace (%d)", rc);
+
+    rc = optout_token_open(keys12, 2, "tenant-a", 8, plain, pn, &got);
+    ok(rc == OPTOUT_ETAG, "token without namespace refused in one (%d)",
+       rc);
+
+    rc = optout_token_open(keys12, 2, NULL, 0, plain, pn, &got);
+    ok(rc == OPTOUT_OK, "token without namespace opens without one");
+
+    rc = optout_token_encode(mac1, &link, "bad ns", 6, tok, sizeof(tok), &n);
+    ok(rc == OPTOUT_ENAMESPACE, "encode: invalid namespace (%d)", rc);
+
+    rc = optout_token_open(keys12, 2, "bad/ns", 6, plain, pn, &got);
+    ok(rc == OPTOUT_ENAMESPACE, "open: invalid namespace (%d)", rc);
 }
 
 
@@ -819,7 +885,7 @@ test_token_decoder(void)
     /* padding: a token whose length is not a multiple of 4 */
 
     make_link(&link, 1, 42, "a@b.co", NULL);
-    optout_token_encode(mac1, &link, tok, sizeof(tok), &n);
+    optout_token_encode(mac1, &link, NULL, 0, tok, sizeof(tok), &n);
     ok(n % 4 != 0, "email token length %zu needs padding in base64", n);
 
     memcpy(t2, tok, n);
@@ -828,82 +894,83 @@ test_token_decoder(void)
     }
     t2[i] = '\0';
 
-    rc = optout_token_open(keys12, 2, t2, i, &got);
+    rc = optout_token_open(keys12, 2, NULL, 0, t2, i, &got);
     ok(rc == OPTOUT_EMALFORMED, "'=' padding rejected (%d)", rc);
 
-    rc = optout_token_open(keys12, 2, tok, n, &got);
+    rc = optout_token_open(keys12, 2, NULL, 0, tok, n, &got);
     ok(rc == OPTOUT_OK, "unpadded form accepted (%d)", rc);
 
     /* non-zero unused bits in the last character */
 
     memcpy(t2, tok, n + 1);
     t2[n - 1] = b64[(strchr(b64, tok[n - 1]) - b64) | 1];
-    rc = optout_token_open(keys12, 2, t2, n, &got);
+    rc = optout_token_open(keys12, 2, NULL, 0, t2, n, &got);
     ok(rc == OPTOUT_EMALFORMED, "non-zero unused bits rejected (%d)", rc);
 
     /* characters outside the alphabet */
 
     memcpy(t2, tok, n + 1);
     t2[5] = '+';
-    rc = optout_token_open(keys12, 2, t2, n, &got);
+    rc = optout_token_open(keys12, 2, NULL, 0, t2, n, &got);
     ok(rc == OPTOUT_EMALFORMED, "'+' rejected (%d)", rc);
 
     t2[5] = '/';
-    rc = optout_token_open(keys12, 2, t2, n, &got);
+    rc = optout_token_open(keys12, 2, NULL, 0, t2, n, &got);
     ok(rc == OPTOUT_EMALFORMED, "'/' rejected (%d)", rc);
 
     t2[5] = '\0';
-    rc = optout_token_open(keys12, 2, t2, n, &got);
+    rc = optout_token_open(keys12, 2, NULL, 0, t2, n, &got);
     ok(rc == OPTOUT_EMALFORMED, "NUL rejected (%d)", rc);
 
     /* length % 4 == 1 */
 
-    rc = optout_token_open(keys12, 2, "AAAAA", 5, &got);
+    rc = optout_token_open(keys12, 2, NULL, 0, "AAAAA", 5, &got);
     ok(rc == OPTOUT_EMALFORMED, "length %% 4 == 1 rejected (%d)", rc);
 
-    rc = optout_token_open(keys12, 2, "", 0, &got);
+    rc = optout_token_open(keys12, 2, NULL, 0, "", 0, &got);
     ok(rc == OPTOUT_EMALFORMED, "empty token rejected (%d)", rc);
 
     /* too long */
 
     memset(big, 'A', sizeof(big));
-    rc = optout_token_open(keys12, 2, big, OPTOUT_TOKEN_MAX + 4, &got);
+    rc = optout_token_open(keys12, 2, NULL, 0, big, OPTOUT_TOKEN_MAX + 4,
+                           &got);
     ok(rc == OPTOUT_EMALFORMED, "token longer than OPTOUT_TOKEN_MAX (%d)",
        rc);
 
     /* unknown key id, key rotation */
 
     make_link(&link, 3, 42, "+447700900123", NULL);
-    optout_token_encode(mac3, &link, tok, sizeof(tok), &n);
-    rc = optout_token_open(keys12, 2, tok, n, &got);
+    optout_token_encode(mac3, &link, NULL, 0, tok, sizeof(tok), &n);
+    rc = optout_token_open(keys12, 2, NULL, 0, tok, n, &got);
     ok(rc == OPTOUT_EKEY, "unknown key id 3 -> EKEY (%d)", rc);
 
     k.id = 3;
     k.mac = mac3;
-    rc = optout_token_open(&k, 1, tok, n, &got);
+    rc = optout_token_open(&k, 1, NULL, 0, tok, n, &got);
     ok(rc == OPTOUT_OK && got.key_id == 3, "key id 3 with its key (%d)", rc);
 
-    rc = optout_token_open(keys12, 0, tok, n, &got);
+    rc = optout_token_open(keys12, 0, NULL, 0, tok, n, &got);
     ok(rc == OPTOUT_EKEY, "no keys -> EKEY (%d)", rc);
 
     make_link(&link, 1, 9, "+447700900123", NULL);
-    optout_token_encode(mac1, &link, tok, sizeof(tok), &n);
-    rc = optout_token_open(keys12, 2, tok, n, &got);
+    optout_token_encode(mac1, &link, NULL, 0, tok, sizeof(tok), &n);
+    rc = optout_token_open(keys12, 2, NULL, 0, tok, n, &got);
     ok(rc == OPTOUT_OK && got.key_id == 1, "rotation: old key 1 verifies");
 
     make_link(&link, 2, 9, "+447700900123", NULL);
-    optout_token_encode(mac2, &link, tok, sizeof(tok), &n);
-    rc = optout_token_open(keys12, 2, tok, n, &got);
+    optout_token_encode(mac2, &link, NULL, 0, tok, sizeof(tok), &n);
+    rc = optout_token_open(keys12, 2, NULL, 0, tok, n, &got);
     ok(rc == OPTOUT_OK && got.key_id == 2, "rotation: new key 2 verifies");
 
-    rc = optout_token_open(&keys12[0], 1, tok, n, &got);
+    rc = optout_token_open(&keys12[0], 1, NULL, 0, tok, n, &got);
     ok(rc == OPTOUT_EKEY, "key 2 token with only key 1 -> EKEY (%d)", rc);
 
     /* key id 2 but minted with key 1 */
 
     make_link(&link, 2, 9, "+447700900123", NULL);
-    optout_token_encode(mac1, &link, tok, sizeof(tok), &n);
-    rc = optout_token_open(keys12, 2, tok, n, &got);
+    optout_token_encode(mac1, &link, NULL, 0, tok, sizeof(tok), &n);
+    rc = optout_token_open(keys12, 2, NULL, 0, tok, n, &got);
     ok(rc == OPTOUT_ETAG, "key id 2 minted with key 1 -> ETAG (%d)", rc);
 
     /*
@@ -920,29 +987,29 @@ test_token_decoder(void)
     memcpy(body + n, "\x00\x00\x68\x3d\x0d\x99\x1b", 7);
     n += 7;
     mint(mac1, body, n, tok);
-    rc = optout_token_open(keys12, 2, tok, strlen(tok), &got);
+    rc = optout_token_open(keys12, 2, NULL, 0, tok, strlen(tok), &got);
     ok(rc == OPTOUT_OK && strcmp(got.dest.data, "+447700900123") == 0
        && got.campaign == 42,
        "hand-built token accepted (%d, %s)", rc, got.dest.data);
 
     body[0] = 0x20;
     mint(mac1, body, n, tok);
-    rc = optout_token_open(keys12, 2, tok, strlen(tok), &got);
+    rc = optout_token_open(keys12, 2, NULL, 0, tok, strlen(tok), &got);
     ok(rc == OPTOUT_EVERSION, "version 2 -> EVERSION (%d)", rc);
 
     body[0] = 0x00;
     mint(mac1, body, n, tok);
-    rc = optout_token_open(keys12, 2, tok, strlen(tok), &got);
+    rc = optout_token_open(keys12, 2, NULL, 0, tok, strlen(tok), &got);
     ok(rc == OPTOUT_EVERSION, "version 0 -> EVERSION (%d)", rc);
 
     body[0] = 0x14;
     mint(mac1, body, n, tok);
-    rc = optout_token_open(keys12, 2, tok, strlen(tok), &got);
+    rc = optout_token_open(keys12, 2, NULL, 0, tok, strlen(tok), &got);
     ok(rc == OPTOUT_EMALFORMED, "reserved bit 2 -> EMALFORMED (%d)", rc);
 
     body[0] = 0x18;
     mint(mac1, body, n, tok);
-    rc = optout_token_open(keys12, 2, tok, strlen(tok), &got);
+    rc = optout_token_open(keys12, 2, NULL, 0, tok, strlen(tok), &got);
     ok(rc == OPTOUT_EMALFORMED, "reserved bit 3 -> EMALFORMED (%d)", rc);
 
     body[0] = 0x10;
@@ -950,7 +1017,7 @@ test_token_decoder(void)
     k.id = 0;
     k.mac = mac1;
     mint(mac1, body, n, tok);
-    rc = optout_token_open(&k, 1, tok, strlen(tok), &got);
+    rc = optout_token_open(&k, 1, NULL, 0, tok, strlen(tok), &got);
     ok(rc == OPTOUT_EMALFORMED, "key id 0 -> EMALFORMED (%d)", rc);
     body[1] = 1;
 
@@ -958,30 +1025,30 @@ test_token_decoder(void)
 
     body[n] = 0;
     mint(mac1, body, n + 1, tok);
-    rc = optout_token_open(keys12, 2, tok, strlen(tok), &got);
+    rc = optout_token_open(keys12, 2, NULL, 0, tok, strlen(tok), &got);
     ok(rc == OPTOUT_EMALFORMED, "trailing byte -> EMALFORMED (%d)", rc);
 
     /* phone out of range: 9999999 and 10^15 */
 
     memcpy(body + 3, "\x00\x00\x00\x00\x98\x96\x7f", 7);
     mint(mac1, body, n, tok);
-    rc = optout_token_open(keys12, 2, tok, strlen(tok), &got);
+    rc = optout_token_open(keys12, 2, NULL, 0, tok, strlen(tok), &got);
     ok(rc == OPTOUT_EMALFORMED, "phone 9999999 -> EMALFORMED (%d)", rc);
 
     memcpy(body + 3, "\x00\x00\x00\x00\x98\x96\x80", 7);
     mint(mac1, body, n, tok);
-    rc = optout_token_open(keys12, 2, tok, strlen(tok), &got);
+    rc = optout_token_open(keys12, 2, NULL, 0, tok, strlen(tok), &got);
     ok(rc == OPTOUT_OK && strcmp(got.dest.data, "+10000000") == 0,
        "phone 10000000 accepted (%d)", rc);
 
     memcpy(body + 3, "\x03\x8d\x7e\xa4\xc6\x80\x00", 7);
     mint(mac1, body, n, tok);
-    rc = optout_token_open(keys12, 2, tok, strlen(tok), &got);
+    rc = optout_token_open(keys12, 2, NULL, 0, tok, strlen(tok), &got);
     ok(rc == OPTOUT_EMALFORMED, "phone 10^15 -> EMALFORMED (%d)", rc);
 
     memcpy(body + 3, "\x03\x8d\x7e\xa4\xc6\x7f\xff", 7);
     mint(mac1, body, n, tok);
-    rc = optout_token_open(keys12, 2, tok, strlen(tok), &got);
+    rc = optout_token_open(keys12, 2, NULL, 0, tok, strlen(tok), &got);
     ok(rc == OPTOUT_OK && strcmp(got.dest.data, "+999999999999999") == 0,
        "phone 10^15-1 accepted (%d)", rc);
 
@@ -995,7 +1062,7 @@ test_token_decoder(void)
     memcpy(body + n, "\x00\x00\x68\x3d\x0d\x99\x1b", 7);
     n += 7;
     mint(mac1, body, n, tok);
-    rc = optout_token_open(keys12, 2, tok, strlen(tok), &got);
+    rc = optout_token_open(keys12, 2, NULL, 0, tok, strlen(tok), &got);
     ok(rc == OPTOUT_EMALFORMED, "non-minimal varint 0 -> EMALFORMED (%d)",
        rc);
 
@@ -1010,19 +1077,19 @@ test_token_decoder(void)
     memcpy(body + n, "\x00\x00\x68\x3d\x0d\x99\x1b", 7);
     n += 7;
     mint(mac1, body, n, tok);
-    rc = optout_token_open(keys12, 2, tok, strlen(tok), &got);
+    rc = optout_token_open(keys12, 2, NULL, 0, tok, strlen(tok), &got);
     ok(rc == OPTOUT_OK && got.campaign == UINT64_MAX,
        "varint 2^64-1 accepted (%d)", rc);
 
     body[2 + 9] = 0x03;
     mint(mac1, body, n, tok);
-    rc = optout_token_open(keys12, 2, tok, strlen(tok), &got);
+    rc = optout_token_open(keys12, 2, NULL, 0, tok, strlen(tok), &got);
     ok(rc == OPTOUT_EMALFORMED, "varint > 2^64 -> EMALFORMED (%d)", rc);
 
     body[2 + 9] = 0x81;
     body[2 + 10] = 0x00;
     mint(mac1, body, n, tok);
-    rc = optout_token_open(keys12, 2, tok, strlen(tok), &got);
+    rc = optout_token_open(keys12, 2, NULL, 0, tok, strlen(tok), &got);
     ok(rc == OPTOUT_EMALFORMED, "11-byte varint -> EMALFORMED (%d)", rc);
 
     /* emails and senders that are not in normal form */
@@ -1035,32 +1102,32 @@ test_token_decoder(void)
     memcpy(body + n, "a@b.com", 7);
     n += 7;
     mint(mac1, body, n, tok);
-    rc = optout_token_open(keys12, 2, tok, strlen(tok), &got);
+    rc = optout_token_open(keys12, 2, NULL, 0, tok, strlen(tok), &got);
     ok(rc == OPTOUT_OK && strcmp(got.dest.data, "a@b.com") == 0
        && got.dest.type == OPTOUT_DEST_EMAIL,
        "hand-built email token accepted (%d)", rc);
 
     body[4] = 'A';
     mint(mac1, body, n, tok);
-    rc = optout_token_open(keys12, 2, tok, strlen(tok), &got);
+    rc = optout_token_open(keys12, 2, NULL, 0, tok, strlen(tok), &got);
     ok(rc == OPTOUT_EMALFORMED, "uppercase email -> EMALFORMED (%d)", rc);
 
     body[4] = ' ';
     mint(mac1, body, n, tok);
-    rc = optout_token_open(keys12, 2, tok, strlen(tok), &got);
+    rc = optout_token_open(keys12, 2, NULL, 0, tok, strlen(tok), &got);
     ok(rc == OPTOUT_EMALFORMED, "email with space -> EMALFORMED (%d)", rc);
 
     body[4] = 'a';
     body[3] = 8;
     mint(mac1, body, n, tok);
-    rc = optout_token_open(keys12, 2, tok, strlen(tok), &got);
+    rc = optout_token_open(keys12, 2, NULL, 0, tok, strlen(tok), &got);
     ok(rc == OPTOUT_EMALFORMED, "email length past end -> EMALFORMED (%d)",
        rc);
 
     body[3] = 7;
     body[0] = 0x10;
     mint(mac1, body, n, tok);
-    rc = optout_token_open(keys12, 2, tok, strlen(tok), &got);
+    rc = optout_token_open(keys12, 2, NULL, 0, tok, strlen(tok), &got);
     ok(rc == OPTOUT_EMALFORMED, "email bytes as phone -> EMALFORMED (%d)",
        rc);
 
@@ -1068,38 +1135,38 @@ test_token_decoder(void)
     body[n] = 4;
     memcpy(body + n + 1, "ACME", 4);
     mint(mac1, body, n + 5, tok);
-    rc = optout_token_open(keys12, 2, tok, strlen(tok), &got);
+    rc = optout_token_open(keys12, 2, NULL, 0, tok, strlen(tok), &got);
     ok(rc == OPTOUT_OK && strcmp(got.sender, "ACME") == 0
        && got.sender_len == 4,
        "hand-built sender token accepted (%d)", rc);
 
     memcpy(body + n + 1, "acme", 4);
     mint(mac1, body, n + 5, tok);
-    rc = optout_token_open(keys12, 2, tok, strlen(tok), &got);
+    rc = optout_token_open(keys12, 2, NULL, 0, tok, strlen(tok), &got);
     ok(rc == OPTOUT_EMALFORMED, "lowercase sender -> EMALFORMED (%d)", rc);
 
     memcpy(body + n + 1, "ACM ", 4);
     mint(mac1, body, n + 5, tok);
-    rc = optout_token_open(keys12, 2, tok, strlen(tok), &got);
+    rc = optout_token_open(keys12, 2, NULL, 0, tok, strlen(tok), &got);
     ok(rc == OPTOUT_EMALFORMED, "sender with trailing space (%d)", rc);
 
     body[n] = 0;
     mint(mac1, body, n + 1, tok);
-    rc = optout_token_open(keys12, 2, tok, strlen(tok), &got);
+    rc = optout_token_open(keys12, 2, NULL, 0, tok, strlen(tok), &got);
     ok(rc == OPTOUT_EMALFORMED, "empty sender -> EMALFORMED (%d)", rc);
 
     body[0] = 0x11;
     body[n] = 4;
     memcpy(body + n + 1, "ACME", 4);
     mint(mac1, body, n + 5, tok);
-    rc = optout_token_open(keys12, 2, tok, strlen(tok), &got);
+    rc = optout_token_open(keys12, 2, NULL, 0, tok, strlen(tok), &got);
     ok(rc == OPTOUT_EMALFORMED, "sender without scope bit (%d)", rc);
 
     /* structure is checked before the key: malformed with unknown key */
 
     body[1] = 99;
     mint(mac1, body, n + 5, tok);
-    rc = optout_token_open(keys12, 2, tok, strlen(tok), &got);
+    rc = optout_token_open(keys12, 2, NULL, 0, tok, strlen(tok), &got);
     ok(rc == OPTOUT_EMALFORMED, "structure before key lookup (%d)", rc);
 }
 
@@ -1127,6 +1194,12 @@ static const vector_t  vectors[] = {
     { "token", KEY1, 1, 5, "+447700900001", "+33612345678", NULL },
     { "token", KEY2, 255, UINT64_MAX, NULL, "+33612345678", NULL },
     { "token", KEY1, 17, 1763900000123ULL, "12345", "a@b.co", NULL },
+    { "token", KEY1, 1, 42, NULL, "+447700900123", "tenant-a" },
+    { "token", KEY1, 1, 42, NULL, "+447700900123", "tenant-b" },
+    { "token", KEY2, 2, 300, "ACME CO", "jane+news@mail.example.org",
+      "eu:shop" },
+    { "token", KEY1, 9, 7, "+447700900001", "a@b.co",
+      "0123456789012345678901234567890123456789012345678901234567890123" },
     { "storekey", STORE_KEY, 0, 0, NULL, "+447700900123", NULL },
     { "storekey", STORE_KEY, 0, 0, NULL, "+447700900123", "tenant-1" },
     { "storekey", STORE_KEY, 0, 0, "ACME", "+447700900123", NULL },
@@ -1155,7 +1228,8 @@ vector_compute(const char *kind, const char *key, unsigned kid,
     make_link(&link, kid, campaign, dest, sender);
 
     if (strcmp(kind, "token") == 0) {
-        rc = optout_token_encode(mac, &link, out, size, &n);
+        rc = optout_token_encode(mac, &link, ns, ns ? strlen(ns) : 0, out,
+                                 size, &n);
 
     } else {
         rc = optout_store_key(mac, NULL, 0, ns, ns ? strlen(ns) : 0,
@@ -1189,7 +1263,7 @@ gen_vectors(void)
            "#   campaign  decimal; - for storekey\n"
            "#   sender    normalized sender id, - for account-wide\n"
            "#   dest      normalized destination\n"
-           "#   namespace - for none (storekey only)\n"
+           "#   namespace - for none\n"
            "#   expected  token, or store key with an empty prefix\n");
 
     for (i = 0; i < sizeof(vectors) / sizeof(vectors[0]); i++) {
@@ -1204,9 +1278,9 @@ gen_vectors(void)
         }
 
         if (strcmp(v->kind, "token") == 0) {
-            printf("token\t%s\t%u\t%" PRIu64 "\t%s\t%s\t-\t%s\n", v->key,
+            printf("token\t%s\t%u\t%" PRIu64 "\t%s\t%s\t%s\t%s\n", v->key,
                    v->kid, v->campaign, v->sender ? v->sender : "-", v->dest,
-                   out);
+                   v->ns ? v->ns : "-", out);
 
         } else {
             printf("storekey\t%s\t-\t-\t%s\t%s\t%s\t%s\n", v->key,
@@ -1797,7 +1871,7 @@ bench(void)
 
     for (i = 0; i < count; i++) {
         link.campaign = i;
-        rc = optout_token_encode(mac1, &link, tok, sizeof(tok), &n);
+        rc = optout_token_encode(mac1, &link, NULL, 0, tok, sizeof(tok), &n);
         if (rc != OPTOUT_OK) {
             break;
         }
@@ -1811,7 +1885,7 @@ bench(void)
     clock_gettime(CLOCK_MONOTONIC, &a);
 
     for (i = 0; i < count; i++) {
-        if (optout_token_open(keys12, 2, tok, n, &got) != OPTOUT_OK) {
+        if (optout_token_open(keys12, 2, NULL, 0, tok, n, &got) != OPTOUT_OK) {
             break;
         }
     }
@@ -1862,6 +1936,7 @@ main(int argc, char **argv)
     test_mask();
     test_token_roundtrip();
     test_token_encode_errors();
+    test_token_namespace();
     test_token_decoder();
     test_vectors(path);
     test_store_key();
