@@ -1,0 +1,268 @@
+#!/usr/bin/perl
+
+# Journal on a full disk: the journal lives on a tiny tmpfs, filled with a
+# filler file.  (A) POSTs until one answers 500 (its write is cut short at
+# the end of the space): the journal is truncated back to its last whole
+# line and the [crit] line says how much was written and where the journal
+# now ends; while the disk is full every POST answers 500; once the space
+# is back POSTs answer 200 by themselves; every line is valid JSON, one per
+# 200, and "optoutctl replay" restores exactly those opt-outs.  (B) The same
+# with an append-only journal (chattr +a), where the truncation itself
+# fails: [alert], and the next write ends the partial line first, so that
+# every line answered 200 is still whole and replay skips only the torn one.
+#
+# Needs root (mount, chattr); skipped otherwise.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use Test::More;
+use OptoutTest;
+
+OptoutTest->require_module;
+
+plan skip_all => 'needs root to mount a tmpfs' unless $> == 0;
+plan skip_all => 'build/optoutctl not built'
+    unless -x OptoutTest::ctl_path();
+
+my ($t, $fs, $mounted);
+
+END {
+    my $rc = $?;
+    if ($mounted) {
+        $t->stop if $t;
+        system('chattr', '-a', "$fs/journal.log") if -e "$fs/journal.log";
+        system('umount', $fs) == 0 or system('umount', '-l', $fs);
+    }
+    $? = $rc;
+}
+
+$t = OptoutTest->new(workers => 2);
+$fs = $t->path('jfs');
+mkdir $fs or die "mkdir $fs: $!";
+
+# the master opens the journal as root; after a reopen the workers do
+if (system('mount', '-t', 'tmpfs', '-o', 'size=256k,mode=0755',
+           'optout-t21', $fs) != 0)
+{
+    plan skip_all => 'cannot mount a tmpfs';
+}
+$mounted = 1;
+
+$t->setup(journal => 'jfs/journal.log');
+
+my $JOURNAL = "$fs/journal.log";
+my $n = 0;
+
+# available bytes on the tmpfs
+sub avail {
+    my $out = `stat -f -c '%a %S' $fs`;
+    my ($blocks, $bsize) = $out =~ /^(\d+) (\d+)/ or die "stat -f: $out";
+    return $blocks * $bsize;
+}
+
+# fill the tmpfs with $name, then give back $free bytes (whole pages)
+sub fill {
+    my ($name, $free) = @_;
+    open my $fh, '>', "$fs/$name" or die "$name: $!";
+    my $chunk = "\0" x 4096;
+    my $size = 0;
+    while (1) {
+        my $w = syswrite $fh, $chunk;
+        last unless $w;
+        $size += $w;
+    }
+    truncate $fh, $size - $free or die "truncate: $!";
+    close $fh;
+    return avail();
+}
+
+# one opt-out link per call; all lines have the same length
+sub post {
+    $n++;
+    my $dest = OptoutTest::phone(5000000 + $n);
+    my $r = $t->post_one_click('/u/' . $t->token(dest => $dest,
+                                                 campaign => 1000 + $n));
+    return ($r->{status}, $dest);
+}
+
+sub file_size { return -s $_[0] // -1 }
+
+# POST until a 500, then $more POSTs while full, then free $filler and
+# POST 5; returns (200 destinations, 500 destinations, other answers)
+sub run_full {
+    my ($filler, $more) = @_;
+    my (@ok, @failed, @other);
+    for (1 .. 2000) {
+        my ($st, $dest) = post();
+        if ($st == 200) { push @ok, $dest; next }
+        if ($st == 500) { push @failed, $dest; last }
+        push @other, "$dest: $st";
+        last;
+    }
+    for (1 .. $more) {
+        my ($st, $dest) = post();
+        if ($st == 500) { push @failed, $dest }
+        else { push @other, "$dest: $st" }
+    }
+    unlink "$fs/$filler" or die "unlink: $!";
+    for (1 .. 5) {
+        my ($st, $dest) = post();
+        if ($st == 200) { push @ok, $dest } else { push @other, "$dest: $st" }
+    }
+    return (\@ok, \@failed, \@other);
+}
+
+sub replay {
+    my ($file) = @_;
+    $t->memcached_restart;
+    return $t->ctl('replay', '--store', '--SERVER=127.0.0.1:' . $t->mc_port,
+                   '--store-secret', $t->path('store.key'), $file);
+}
+
+sub count_log {
+    my ($re) = @_;
+    return scalar grep { /$re/ } split /\n/, ($t->error_log // '');
+}
+
+# error.log lines at $level holding exactly "optout: $text"
+sub count_msg {
+    my ($level, $text) = @_;
+    return count_log(qr/\[$level\] \d+#\d+: \Qoptout: $text\E/);
+}
+
+my $ENOSPC = '(28: No space left on device)';
+
+# ---------------------------------------------------------------- A: ENOSPC
+
+my $room = fill('filler', 8192);
+is($room, 8192, 'A: 8192 bytes left on the tmpfs');
+is(file_size($JOURNAL), 0, 'A: the journal starts empty');
+
+my ($ok, $failed, $other) = run_full('filler', 2);
+my $k = @$ok - 5;
+my ($ok_a, $failed_a) = ($ok, $failed);
+
+is(scalar @$other, 0, 'A: every answer is 200 or 500')
+    or diag join "\n", @$other;
+ok($k > 10, "A: $k POSTs answered 200 before the disk was full");
+is(scalar @$failed, 3, 'A: the failed POST and two more while full: 500');
+
+my @raw = $t->file_lines('jfs/journal.log');
+my $L = length($raw[0] // '') + 1;
+like($t->journal_raw('jfs/journal.log'), qr/\n\z/,
+     'A: the journal ends with a newline');
+is(scalar @raw, @$ok, 'A: one journal line per 200');
+is(scalar(grep { length($_) + 1 != $L } @raw), 0,
+   "A: every line has the same length ($L bytes)");
+
+my @recs = $t->journal_lines('jfs/journal.log');
+is(scalar(grep { $_->{_invalid} || ($_->{action} // '') ne 'optout' } @recs),
+   0, 'A: every line is one valid JSON opt-out');
+is_deeply([map { $_->{dest} } @recs], $ok,
+          'A: the journal holds the 200 destinations, in order, and no other');
+
+# the write of the first failed line got what was left on the disk, then
+# ENOSPC: the journal was truncated back to the end of the k lines
+my $N = $k * $L;
+my $X = $room - $N;
+ok($X > 0 && $X < $L, "A: the failed write was short ($X of $L bytes)");
+is(count_msg('crit', qq{write() of journal "$JOURNAL" failed after $X of $L }
+                    . 'bytes, the 1 opt-outs of this group are not '
+                    . "recorded, journal truncated back to $N bytes $ENOSPC"),
+   3, 'A: [crit] with the figures, once per failed POST')
+    or diag $t->error_log;
+is(count_log(qr/\[alert\]/), 0, 'A: no [alert]');
+
+# ---------------------------------------------------------------- B: no undo
+
+# a new, append-only journal: ftruncate() fails with EPERM
+ok(rename($JOURNAL, "$fs/journal.A.log"), 'B: journal renamed');
+ok($t->reopen, 'B: nginx -s reopen');
+ok(-e $JOURNAL, 'B: a new journal');
+is(system('chattr', '+a', $JOURNAL), 0, 'B: chattr +a journal');
+
+$room = fill('filler2', 8192);
+is($room, 8192, 'B: 8192 bytes left on the tmpfs');
+
+my $crit0 = count_log(qr/\[crit\]/);
+($ok, $failed, $other) = run_full('filler2', 2);
+$k = @$ok - 5;
+
+is(scalar @$other, 0, 'B: every answer is 200 or 500')
+    or diag join "\n", @$other;
+is(scalar @$failed, 3, 'B: the failed POST and two more while full: 500');
+
+$N = $k * $L;
+$X = $room - $N;
+ok($X > 0 && $X < $L, "B: the failed write was short ($X of $L bytes)");
+
+@raw = $t->file_lines('jfs/journal.log');
+is(scalar @raw, @$ok + 1, 'B: one line per 200 and the torn one');
+is(length($raw[$k] // ''), $X, 'B: the torn line, ended, after the k lines');
+@recs = $t->journal_lines('jfs/journal.log');
+is(scalar(grep { $_->{_invalid} } @recs), 1,
+   'B: only the torn line is invalid');
+is_deeply([map { $_->{dest} } grep { !$_->{_invalid} } @recs], $ok,
+          'B: every 200 destination is one whole line, and no other');
+
+is(count_msg('crit', qq{write() of journal "$JOURNAL" failed after $X of $L }
+                    . "bytes, 0 of the 1 opt-outs of this group are whole "
+                    . "lines at $N bytes but answered as failed, the others "
+                    . "are not recorded $ENOSPC"),
+   1, 'B: [crit] with the figures of the short write')
+    or diag $t->error_log;
+my $E = $N + $X;
+is(count_msg('alert', qq{ftruncate() of journal "$JOURNAL" back to $N bytes }
+                     . "failed, it ends at $E bytes with a partial line, "
+                     . 'ended before the next group (1: Operation not '
+                     . 'permitted)'),
+   1, 'B: [alert] for the failed truncation');
+is(count_msg('crit', qq{write() of journal "$JOURNAL" failed, the 1 opt-outs }
+                    . "($L bytes) of this group are not recorded, nothing "
+                    . "written $ENOSPC"),
+   2, 'B: [crit] for the POSTs while full');
+is(count_log(qr/\[crit\]/) - $crit0, 3, 'B: no other [crit]');
+is(count_msg('error', qq{journal "$JOURNAL" ended with a partial line at $E }
+                     . 'bytes, ended it'),
+   1, 'B: [error] when the partial line is ended');
+
+$t->stop;
+system('chattr', '-a', $JOURNAL);
+
+# ---------------------------------------------------------------- replay
+
+my @keys_ok_a = map { $t->skey(dest => $_) } @$ok_a;
+
+my ($rc, $out) = replay("$fs/journal.A.log");
+is($rc, 0, 'A: replay exits 0') or diag $out;
+my $A = @keys_ok_a;
+my ($summary) = $out =~ /^(replayed .*)$/m;
+is($summary, "replayed $A records: $A added, 0 already present, "
+             . '0 deleted, 0 skipped',
+     "A: replay restores the $A lines");
+my $got = $t->mc_get_multi(@keys_ok_a) || {};
+is(scalar(keys %$got), $A, 'A: every opt-out answered 200 is in memcached');
+$got = $t->mc_get_multi(map { $t->skey(dest => $_) } @$failed_a) || {};
+is(scalar(keys %$got), 0, 'A: no opt-out answered 500 is in memcached');
+
+my $B = @$ok;
+($rc, $out) = replay($JOURNAL);
+is($rc, 0, 'B: replay exits 0') or diag $out;
+($summary) = $out =~ /^(replayed .*)$/m;
+is($summary, sprintf('replayed %d records: %d added, 0 already present, '
+                     . '0 deleted, 1 skipped', $B + 1, $B),
+     "B: replay restores the $B lines and skips the torn one");
+$got = $t->mc_get_multi(map { $t->skey(dest => $_) } @$ok) || {};
+is(scalar(keys %$got), $B, 'B: every opt-out answered 200 is in memcached');
+$got = $t->mc_get_multi(map { $t->skey(dest => $_) } @$failed) || {};
+is(scalar(keys %$got), 0, 'B: no opt-out answered 500 is in memcached');
+
+ok($t->error_log_clean(qr/optout: write\(\) of journal/,
+                       qr/optout: ftruncate\(\) of journal/),
+   'no other alert/crit/emerg in error.log');
+
+done_testing;
