@@ -69,6 +69,8 @@ typedef struct {
 } ngx_http_optout_journal_ctx_t;
 
 
+static ngx_int_t ngx_http_optout_journal_check_end(ngx_cycle_t *cycle,
+    ngx_http_optout_journal_t *j);
 static void ngx_http_optout_journal_cleanup(void *data);
 static ngx_int_t ngx_http_optout_journal_post(ngx_http_optout_journal_t *j);
 static void ngx_http_optout_journal_reopened(ngx_http_optout_journal_t *j);
@@ -115,21 +117,17 @@ ngx_http_optout_journal_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
 
 /*
- * In the master, once the journal is open: end a line cut short by a crash
- * so that the next line starts clean, take away access for others, and
- * open the file for reading, since the descriptor nginx opened is
- * write-only and the workers, which may not open it themselves, check
- * its last byte before each group.
+ * In the master, once the journal is open: take away access for others,
+ * open the file for reading (the descriptor nginx opened is write-only,
+ * and the workers, which may not open the file themselves, check its last
+ * byte before each group), and end a partial line.
  */
 
 ngx_int_t
 ngx_http_optout_journal_init_module(ngx_cycle_t *cycle,
     ngx_http_optout_main_conf_t *omcf)
 {
-    u_char                      c;
-    ssize_t                     n;
     ngx_fd_t                    fd, rfd;
-    ngx_err_t                   err;
     ngx_file_info_t             fi;
     ngx_pool_cleanup_t         *cln;
     ngx_http_optout_journal_t  *j;
@@ -185,35 +183,76 @@ ngx_http_optout_journal_init_module(ngx_cycle_t *cycle,
 
     omcf->journal = j;
 
-    if (ngx_file_size(&fi) == 0) {
-        return NGX_OK;
+    return ngx_http_optout_journal_check_end(cycle, j);
+}
+
+
+/*
+ * End a line cut short by a crash, or by a write whose truncation failed,
+ * under the lock: workers of the previous configuration may be writing
+ */
+
+static ngx_int_t
+ngx_http_optout_journal_check_end(ngx_cycle_t *cycle,
+    ngx_http_optout_journal_t *j)
+{
+    u_char           c;
+    ssize_t          n;
+    ngx_fd_t         fd;
+    ngx_int_t        rc;
+    ngx_file_info_t  fi;
+
+    fd = j->file->fd;
+
+    if (ngx_http_optout_journal_lock(fd, F_WRLCK) != NGX_OK) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
+                      "optout: fcntl(F_SETLKW) of journal \"%V\" failed",
+                      &j->file->name);
+        return NGX_ERROR;
     }
 
-    n = pread(rfd, &c, 1, ngx_file_size(&fi) - 1);
-    err = ngx_errno;
+    rc = NGX_ERROR;
+
+    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
+                      "optout: fstat(\"%V\") failed", &j->file->name);
+        goto unlock;
+    }
+
+    if (ngx_file_size(&fi) == 0) {
+        rc = NGX_OK;
+        goto unlock;
+    }
+
+    n = pread(j->read_fd, &c, 1, ngx_file_size(&fi) - 1);
 
     if (n != 1) {
-        ngx_log_error(NGX_LOG_EMERG, cycle->log, err,
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
                       "optout: cannot read the end of journal \"%V\"",
-                      &omcf->journal_file->name);
-        return NGX_ERROR;
+                      &j->file->name);
+        goto unlock;
     }
 
     if (c != '\n') {
         ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
                       "optout: journal \"%V\" ends with a partial line, "
-                      "ending it; replay skips such lines",
-                      &omcf->journal_file->name);
+                      "ending it; replay skips such lines", &j->file->name);
 
         if (write(fd, "\n", 1) != 1 || fdatasync(fd) == -1) {
             ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
                           "optout: cannot write journal \"%V\"",
-                          &omcf->journal_file->name);
-            return NGX_ERROR;
+                          &j->file->name);
+            goto unlock;
         }
     }
 
-    return NGX_OK;
+    rc = NGX_OK;
+
+unlock:
+
+    (void) ngx_http_optout_journal_lock(fd, F_UNLCK);
+
+    return rc;
 }
 
 

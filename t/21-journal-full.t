@@ -10,6 +10,7 @@
 # with an append-only journal (chattr +a), where the truncation itself
 # fails: [alert], and the next write ends the partial line first, so that
 # every line answered 200 is still whole and replay skips only the torn one.
+# (C) A start on a journal that ends with a partial line ends it.
 #
 # Needs root (mount, chattr); skipped otherwise.
 
@@ -260,6 +261,24 @@ $got = $t->mc_get_multi(map { $t->skey(dest => $_) } @$ok) || {};
 is(scalar(keys %$got), $B, 'B: every opt-out answered 200 is in memcached');
 $got = $t->mc_get_multi(map { $t->skey(dest => $_) } @$failed) || {};
 is(scalar(keys %$got), 0, 'B: no opt-out answered 500 is in memcached');
+
+# ---------------------------------------------------------------- C: start
+
+# a partial line at start (a crash in the middle of a write) is ended by
+# the master, so that the first line of the new run stands on its own
+$t->write_file('jfs/journal.C.log', '{"t":1795424400.250,"act', 0644);
+$t->write_conf($t->optout_http(journal => 'jfs/journal.C.log'));
+$t->start;
+my ($st, $dest) = post();
+is($st, 200, 'C: POST after a start on a partial line: 200');
+@raw = $t->file_lines('jfs/journal.C.log');
+is(scalar @raw, 2, 'C: the partial line and the new one');
+is(($t->journal_lines('jfs/journal.C.log'))[1]{dest}, $dest,
+   'C: the new line is whole');
+is(count_msg('warn', qq{journal "$fs/journal.C.log" ends with a partial }
+                    . 'line, ending it; replay skips such lines'),
+   1, 'C: [warn] at start');
+$t->stop;
 
 ok($t->error_log_clean(qr/optout: write\(\) of journal/,
                        qr/optout: ftruncate\(\) of journal/),
