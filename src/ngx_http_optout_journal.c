@@ -62,6 +62,7 @@ typedef struct {
     size_t                       written;
     ngx_err_t                    undo_err;
     const char                  *undo_op;
+    ngx_err_t                    read_err;
 
     unsigned                     undone:1;
     unsigned                     followed:1;  /* others wrote after us */
@@ -601,7 +602,7 @@ ngx_http_optout_journal_end_line(ngx_http_optout_journal_ctx_t *ctx)
     }
 
     if (ctx->read_fd == NGX_INVALID_FILE) {
-        ctx->unchecked = 1;
+        /* said once, when the journal was reopened */
         return NGX_OK;
     }
 
@@ -609,6 +610,7 @@ ngx_http_optout_journal_end_line(ngx_http_optout_journal_ctx_t *ctx)
 
     if (n != 1) {
         ctx->unchecked = 1;
+        ctx->read_err = (n == -1) ? ngx_errno : 0;
         return NGX_OK;
     }
 
@@ -778,7 +780,7 @@ ngx_http_optout_journal_log(ngx_http_optout_journal_t *j,
     }
 
     if (ctx->unchecked) {
-        ngx_log_error(NGX_LOG_WARN, j->log, 0,
+        ngx_log_error(NGX_LOG_WARN, j->log, ctx->read_err,
                       "optout: cannot read the end of journal \"%V\", "
                       "a partial line there would not be ended",
                       &j->file->name);
