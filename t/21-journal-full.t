@@ -10,7 +10,8 @@
 # with an append-only journal (chattr +a), where the truncation itself
 # fails: [alert], and the next write ends the partial line first, so that
 # every line answered 200 is still whole and replay skips only the torn one.
-# (C) A start on a journal that ends with a partial line ends it.
+# (C) A start on a journal that ends with a partial line ends it.  (D) The
+# same as (A) with four concurrent clients on two workers.
 #
 # Needs root (mount, chattr); skipped otherwise.
 
@@ -20,6 +21,8 @@ use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 
+use Fcntl qw(F_SETLK F_SETLKW F_WRLCK F_UNLCK SEEK_SET);
+use IO::Select;
 use Test::More;
 use OptoutTest;
 
@@ -288,6 +291,101 @@ is(($t->journal_lines('jfs/journal.C.log'))[1]{dest}, $dest,
 is(count_msg('warn', qq{journal "$fs/journal.C.log" ends with a partial }
                     . 'line, ending it; replay skips such lines'),
    1, 'C: [warn] at start');
+$t->stop;
+
+# ---------------------------------------------------------------- D: clients
+
+# 4 concurrent clients on 2 workers, so that groups hold several lines
+$t->write_conf($t->optout_http(journal => 'jfs/journal.D.log'));
+$t->start;
+$JOURNAL = "$fs/journal.D.log";
+$room = fill('filler3', 16384);
+is($room, 16384, 'D: 16384 bytes left on the tmpfs');
+
+my $crit1 = count_log(qr/\[crit\]/);
+
+sub post_n {
+    my ($i) = @_;
+    my $dest = OptoutTest::phone(6000000 + $i);
+    my $r = $t->post_one_click('/u/' . $t->token(dest => $dest,
+                                                 campaign => 1000));
+    return ($r->{status}, $dest);
+}
+
+# each client POSTs until it gets a 500, then twice more
+my @res = OptoutTest::run_parallel(4, sub {
+    my ($c) = @_;
+    my (@ok, @failed, @other);
+    for my $i (1 .. 500) {
+        my ($st, $dest) = post_n($c * 10000 + $i);
+        if ($st == 200) { push @ok, $dest }
+        elsif ($st == 500) { push @failed, $dest }
+        else { push @other, "$dest: $st" }
+        last if @failed == 3 || @other;
+    }
+    return { ok => \@ok, failed => \@failed, other => \@other };
+});
+unlink "$fs/filler3" or die "unlink: $!";
+push @res, OptoutTest::run_parallel(4, sub {
+    my ($c) = @_;
+    my (@ok, @other);
+    for my $i (1 .. 3) {
+        my ($st, $dest) = post_n($c * 10000 + 1000 + $i);
+        if ($st == 200) { push @ok, $dest } else { push @other, "$dest: $st" }
+    }
+    return { ok => \@ok, failed => [], other => \@other };
+});
+
+my (%ok, @failed_d, @other_d);
+for my $r (@res) {
+    $ok{$_}++ for @{ $r->{ok} || [] };
+    push @failed_d, @{ $r->{failed} || [] };
+    push @other_d, @{ $r->{other} || [] }, $r->{error} // ();
+}
+is(scalar @other_d, 0, 'D: every answer is 200 or 500')
+    or diag join "\n", @other_d;
+is(scalar @failed_d, 12, 'D: each client got three 500s while full');
+is(scalar(grep { @{ $_->{ok} } == 3 } @res[4 .. 7]), 4,
+   'D: 200 again for every client once space is back');
+
+like($t->journal_raw('jfs/journal.D.log'), qr/\n\z/,
+     'D: the journal ends with a newline');
+@recs = $t->journal_lines('jfs/journal.D.log');
+is(scalar(grep { $_->{_invalid} } @recs), 0, 'D: every line is valid JSON');
+is(scalar @recs, scalar(keys %ok), 'D: one journal line per 200');
+is_deeply([sort map { $_->{dest} } @recs], [sort keys %ok],
+          'D: the journal holds exactly the 200 destinations');
+
+# the [crit] lines account for every 500, group by group
+my $not = 0;
+for (split /\n/, $t->error_log) {
+    next unless /\[crit\].*journal "\Q$JOURNAL\E".* the (\d+) opt-outs/;
+    $not += $1;
+}
+is($not, scalar @failed_d, 'D: the [crit] lines count every 500');
+is(count_log(qr/\[crit\]/) - $crit1,
+   count_log(qr/\[crit\].*journal "\Q$JOURNAL\E"/),
+   'D: no other [crit]');
+
+# a worker writes only while it holds the journal's record lock: a POST
+# waits while another process holds it (and closing any descriptor of the
+# file would release the test's lock: only stat it meanwhile)
+my $lines0 = $t->journal_count('jfs/journal.D.log');
+my $size0 = -s $JOURNAL;
+open my $lk, '>>', $JOURNAL or die "$JOURNAL: $!";
+my $flock = sub { pack 's s x4 q q i x4', $_[0], SEEK_SET, 0, 0, 0 };
+ok(fcntl($lk, F_SETLKW, $flock->(F_WRLCK)), 'D: the test holds the lock');
+my $s = $t->send_request('POST', '/u/' . $t->token(dest => '+447700900999',
+                                                  campaign => 1),
+                         'List-Unsubscribe=One-Click',
+                         'Content-Type' =>
+                             'application/x-www-form-urlencoded');
+ok(!IO::Select->new($s)->can_read(1), 'D: no answer while the lock is held');
+is(-s $JOURNAL, $size0, 'D: and no line');
+ok(fcntl($lk, F_SETLK, $flock->(F_UNLCK)), 'D: the test releases the lock');
+is($t->read_response($s)->{status}, 200, 'D: then the POST answers 200');
+close $lk;
+is($t->journal_count('jfs/journal.D.log'), $lines0 + 1, 'D: with its line');
 $t->stop;
 
 ok($t->error_log_clean(qr/optout: write\(\) of journal/,
