@@ -818,15 +818,6 @@ ngx_http_optout_journal_log(ngx_http_optout_journal_t *j,
         return;
     }
 
-    whole = 0;
-    last = b->data + ctx->written;
-
-    for (p = b->data; p < last; p++) {
-        if (*p == '\n') {
-            whole++;
-        }
-    }
-
     if (ctx->followed) {
         ngx_log_error(NGX_LOG_CRIT, j->log, ctx->err,
                       "optout: %s of journal \"%V\" failed, the %ui "
@@ -836,6 +827,15 @@ ngx_http_optout_journal_log(ngx_http_optout_journal_t *j,
                       ctx->op, &j->file->name, b->lines, b->len,
                       ctx->start);
         return;
+    }
+
+    whole = 0;
+    last = b->data + ctx->written;
+
+    for (p = b->data; p < last; p++) {
+        if (*p == '\n') {
+            whole++;
+        }
     }
 
     ngx_log_error(NGX_LOG_CRIT, j->log, ctx->err,
