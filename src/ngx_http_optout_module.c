@@ -33,6 +33,11 @@ static ngx_conf_post_handler_pt  ngx_http_optout_store_prefix_p =
     ngx_http_optout_store_prefix;
 
 
+static ngx_conf_num_bounds_t  ngx_http_optout_batch_concurrency_bounds = {
+    ngx_conf_check_num_bounds, 1, 1024
+};
+
+
 static ngx_conf_enum_t  ngx_http_optout_check_fail[] = {
     { ngx_string("closed"), NGX_HTTP_OPTOUT_FAIL_CLOSED },
     { ngx_string("open"), NGX_HTTP_OPTOUT_FAIL_OPEN },
@@ -161,6 +166,27 @@ static ngx_command_t  ngx_http_optout_commands[] = {
       offsetof(ngx_http_optout_loc_conf_t, check_fail),
       &ngx_http_optout_check_fail },
 
+    { ngx_string("optout_batch_concurrency"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_optout_main_conf_t, batch_concurrency),
+      &ngx_http_optout_batch_concurrency_bounds },
+
+    { ngx_string("optout_batch_queue"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
+      ngx_http_optout_batch_queue_conf,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("optout_batch_thread_pool"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_optout_main_conf_t, batch_thread_pool_name),
+      NULL },
+
       ngx_null_command
 };
 
@@ -226,9 +252,16 @@ ngx_http_optout_create_main_conf(ngx_conf_t *cf)
      *     omcf->thread_pool = NULL;
      *     omcf->store = NULL;
      *     omcf->journal = NULL;
+     *     omcf->batch_thread_pool_name = { 0, NULL };
+     *     omcf->batch_thread_pool = NULL;
+     *     omcf->batch_running = 0;
+     *     omcf->batch_nwaiting = 0;
      */
 
     omcf->store_timeout = NGX_CONF_UNSET_MSEC;
+    omcf->batch_concurrency = NGX_CONF_UNSET_UINT;
+    omcf->batch_queue = NGX_CONF_UNSET_UINT;
+    omcf->batch_queue_timeout = NGX_CONF_UNSET_MSEC;
 
     return omcf;
 }
@@ -256,7 +289,7 @@ ngx_http_optout_init_main_conf(ngx_conf_t *cf, void *conf)
         }
     }
 
-    return NGX_CONF_OK;
+    return ngx_http_optout_batch_init_main_conf(cf, omcf);
 }
 
 
