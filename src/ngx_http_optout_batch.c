@@ -13,6 +13,8 @@
 
 
 static void ngx_http_optout_batch_body(ngx_http_request_t *r);
+static ngx_http_optout_batch_ctx_t *ngx_http_optout_batch_create(
+    ngx_http_request_t *r);
 static ngx_int_t ngx_http_optout_batch_init(ngx_http_request_t *r,
     ngx_http_optout_batch_ctx_t *bc);
 static void ngx_http_optout_batch_wake(ngx_http_optout_batch_slot_t *slot);
@@ -27,6 +29,8 @@ static ngx_int_t ngx_http_optout_batch_send(ngx_http_request_t *r,
 static ngx_int_t ngx_http_optout_batch_error(ngx_http_request_t *r,
     ngx_uint_t status, const char *code, const char *title,
     const char *detail);
+static ngx_int_t ngx_http_optout_batch_busy(ngx_http_request_t *r,
+    const char *why);
 static void ngx_http_optout_batch_free(void *data);
 
 
@@ -64,8 +68,6 @@ static void
 ngx_http_optout_batch_body(ngx_http_request_t *r)
 {
     ngx_int_t                     rc;
-    ngx_thread_task_t            *task;
-    ngx_pool_cleanup_t           *cln;
     ngx_http_optout_main_conf_t  *omcf;
     ngx_http_optout_batch_ctx_t  *bc;
 
@@ -77,42 +79,31 @@ ngx_http_optout_batch_body(ngx_http_request_t *r)
         return;
     }
 
-    task = ngx_thread_task_alloc(r->pool,
-                                 sizeof(ngx_http_optout_batch_ctx_t));
-    if (task == NULL) {
+    bc = ngx_http_optout_batch_create(r);
+    if (bc == NULL) {
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;
     }
-
-    bc = task->ctx;
-
-    cln = ngx_pool_cleanup_add(r->pool, 0);
-    if (cln == NULL) {
-        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-        return;
-    }
-
-    cln->handler = ngx_http_optout_batch_free;
-    cln->data = bc;
-
-    bc->request = r;
-    bc->task = task;
-    bc->fd = NGX_INVALID_FILE;
-
-    task->handler = ngx_http_optout_batch_thread;
-    task->event.handler = ngx_http_optout_batch_done;
-    task->event.data = bc;
 
     rc = ngx_http_optout_batch_init(r, bc);
+
+    if (rc == NGX_DECLINED) {
+        ngx_http_finalize_request(r,
+            ngx_http_optout_batch_error(r, NGX_HTTP_BAD_REQUEST, "40002",
+                                        "Invalid sender",
+                                        "The sender must be an E.164 "
+                                        "number, a short code or an "
+                                        "alphanumeric sender ID of up to "
+                                        "11 characters."));
+        return;
+    }
+
     if (rc != NGX_OK) {
         ngx_http_finalize_request(r, rc);
         return;
     }
 
     omcf = ngx_http_get_module_main_conf(r, ngx_http_optout_module);
-
-    bc->slot.handler = ngx_http_optout_batch_wake;
-    bc->slot.data = bc;
 
     switch (ngx_http_optout_batch_slot_get(omcf, &bc->slot,
                                            r->connection->log))
@@ -133,11 +124,8 @@ ngx_http_optout_batch_body(ngx_http_request_t *r)
                       "optout: %ui batch checks running and %ui waiting, "
                       "batch refused", omcf->batch_running,
                       omcf->batch_nwaiting);
-        rc = ngx_http_optout_batch_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                         "50300", "Too busy",
-                                         "Too many batch checks are "
-                                         "running or waiting; retry after "
-                                         "the Retry-After time.");
+        rc = ngx_http_optout_batch_busy(r, "Too many batch checks are "
+                                        "running or waiting");
     }
 
     if (rc != NGX_DONE) {
@@ -146,7 +134,50 @@ ngx_http_optout_batch_body(ngx_http_request_t *r)
 }
 
 
-/* the inputs that come from the configuration: sender and namespace */
+/* the context, inside the thread task, freed with the request */
+
+static ngx_http_optout_batch_ctx_t *
+ngx_http_optout_batch_create(ngx_http_request_t *r)
+{
+    ngx_thread_task_t            *task;
+    ngx_pool_cleanup_t           *cln;
+    ngx_http_optout_batch_ctx_t  *bc;
+
+    task = ngx_thread_task_alloc(r->pool,
+                                 sizeof(ngx_http_optout_batch_ctx_t));
+    if (task == NULL) {
+        return NULL;
+    }
+
+    bc = task->ctx;
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        return NULL;
+    }
+
+    cln->handler = ngx_http_optout_batch_free;
+    cln->data = bc;
+
+    bc->request = r;
+    bc->task = task;
+    bc->fd = NGX_INVALID_FILE;
+
+    task->handler = ngx_http_optout_batch_thread;
+    task->event.handler = ngx_http_optout_batch_done;
+    task->event.data = bc;
+
+    bc->slot.handler = ngx_http_optout_batch_wake;
+    bc->slot.data = bc;
+
+    return bc;
+}
+
+
+/*
+ * the inputs that come from the configuration: sender and namespace;
+ * NGX_DECLINED: the sender is invalid
+ */
 
 static ngx_int_t
 ngx_http_optout_batch_init(ngx_http_request_t *r,
@@ -175,12 +206,7 @@ ngx_http_optout_batch_init(ngx_http_request_t *r,
                                    &bc->sender_len)
            != OPTOUT_OK)
     {
-        return ngx_http_optout_batch_error(r, NGX_HTTP_BAD_REQUEST, "40002",
-                                           "Invalid sender",
-                                           "The sender must be an E.164 "
-                                           "number, a short code or an "
-                                           "alphanumeric sender ID of up "
-                                           "to 11 characters.");
+        return NGX_DECLINED;
     }
 
     ngx_memzero(&ctx, sizeof(ngx_http_optout_ctx_t));
@@ -218,11 +244,8 @@ ngx_http_optout_batch_wake(ngx_http_optout_batch_slot_t *slot)
         ngx_log_error(NGX_LOG_WARN, c->log, 0,
                       "optout: batch check waited too long for its turn");
 
-        rc = ngx_http_optout_batch_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                         "50300", "Too busy",
-                                         "The batch check waited too long "
-                                         "for its turn; retry after the "
-                                         "Retry-After time.");
+        rc = ngx_http_optout_batch_busy(r, "The batch check waited too "
+                                        "long for its turn");
     }
 
     if (rc != NGX_DONE) {
@@ -422,7 +445,7 @@ ngx_http_optout_batch_send(ngx_http_request_t *r,
 }
 
 
-/* an error answered on the event loop; 503 says when to retry */
+/* an error answered on the event loop */
 
 static ngx_int_t
 ngx_http_optout_batch_error(ngx_http_request_t *r, ngx_uint_t status,
@@ -448,14 +471,28 @@ ngx_http_optout_batch_error(ngx_http_request_t *r, ngx_uint_t status,
     b->last = ngx_cpymem(b->last, bc.out.data, bc.out.len);
     free(bc.out.data);
 
-    if (status == NGX_HTTP_SERVICE_UNAVAILABLE
-        && ngx_http_optout_add_header(r, "Retry-After", (u_char *) "1", 1)
-           != NGX_OK)
+    return ngx_http_optout_send_json(r, status, b);
+}
+
+
+/* 503 and when to retry: the worker runs and queues all it may */
+
+static ngx_int_t
+ngx_http_optout_batch_busy(ngx_http_request_t *r, const char *why)
+{
+    u_char  detail[128];
+
+    if (ngx_http_optout_add_header(r, "Retry-After", (u_char *) "1", 1)
+        != NGX_OK)
     {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    return ngx_http_optout_send_json(r, status, b);
+    ngx_sprintf(detail, "%s; retry after the Retry-After time.%Z", why);
+
+    return ngx_http_optout_batch_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                       "50300", "Too busy",
+                                       (char *) detail);
 }
 
 
