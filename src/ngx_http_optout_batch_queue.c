@@ -15,6 +15,35 @@ static void ngx_http_optout_batch_slot_expire(ngx_event_t *ev);
 
 
 char *
+ngx_http_optout_batch_concurrency_conf(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_optout_main_conf_t *omcf = conf;
+
+    ngx_int_t   n;
+    ngx_str_t  *value;
+
+    if (omcf->batch_concurrency != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    n = ngx_atoi(value[1].data, value[1].len);
+    if (n < 1 || n > 1024) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid number \"%V\" in \"%V\", "
+                           "it must be 1 to 1024", &value[1], &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    omcf->batch_concurrency = n;
+
+    return NGX_CONF_OK;
+}
+
+
+char *
 ngx_http_optout_batch_queue_conf(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf)
 {

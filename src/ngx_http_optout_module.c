@@ -33,11 +33,6 @@ static ngx_conf_post_handler_pt  ngx_http_optout_store_prefix_p =
     ngx_http_optout_store_prefix;
 
 
-static ngx_conf_num_bounds_t  ngx_http_optout_batch_concurrency_bounds = {
-    ngx_conf_check_num_bounds, 1, 1024
-};
-
-
 static ngx_conf_enum_t  ngx_http_optout_check_fail[] = {
     { ngx_string("closed"), NGX_HTTP_OPTOUT_FAIL_CLOSED },
     { ngx_string("open"), NGX_HTTP_OPTOUT_FAIL_OPEN },
@@ -168,10 +163,10 @@ static ngx_command_t  ngx_http_optout_commands[] = {
 
     { ngx_string("optout_batch_concurrency"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_num_slot,
+      ngx_http_optout_batch_concurrency_conf,
       NGX_HTTP_MAIN_CONF_OFFSET,
-      offsetof(ngx_http_optout_main_conf_t, batch_concurrency),
-      &ngx_http_optout_batch_concurrency_bounds },
+      0,
+      NULL },
 
     { ngx_string("optout_batch_queue"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,

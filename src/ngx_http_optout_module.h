@@ -195,6 +195,8 @@ char *ngx_http_optout_check_merge(ngx_conf_t *cf,
 ngx_int_t ngx_http_optout_batch_handler(ngx_http_request_t *r);
 
 /* ngx_http_optout_batch_queue.c */
+char *ngx_http_optout_batch_concurrency_conf(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
 char *ngx_http_optout_batch_queue_conf(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 char *ngx_http_optout_batch_init_main_conf(ngx_conf_t *cf,
