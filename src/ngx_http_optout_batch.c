@@ -50,7 +50,24 @@ static void ngx_http_optout_batch_free(void *data);
 ngx_int_t
 ngx_http_optout_batch_handler(ngx_http_request_t *r)
 {
-    ngx_int_t  rc;
+    ngx_int_t                     rc;
+    ngx_http_optout_main_conf_t  *omcf;
+
+    omcf = ngx_http_get_module_main_conf(r, ngx_http_optout_module);
+
+    /* a flood is refused before its bodies cost buffers and copies */
+
+    if (ngx_http_optout_batch_slot_full(omcf)) {
+        rc = ngx_http_discard_request_body(r);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        ngx_http_optout_batch_refused(omcf, r->connection->log);
+
+        return ngx_http_optout_batch_busy(r, "Too many batch checks are "
+                                          "running or waiting");
+    }
 
     r->request_body_in_single_buf = 1;
 
@@ -120,10 +137,7 @@ ngx_http_optout_batch_body(ngx_http_request_t *r)
         return;
 
     default: /* NGX_BUSY */
-        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
-                      "optout: %ui batch checks running and %ui waiting, "
-                      "batch refused", omcf->batch_running,
-                      omcf->batch_nwaiting);
+        ngx_http_optout_batch_refused(omcf, r->connection->log);
         rc = ngx_http_optout_batch_busy(r, "Too many batch checks are "
                                         "running or waiting");
     }

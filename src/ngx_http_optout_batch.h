@@ -116,6 +116,9 @@ typedef struct {
 ngx_int_t ngx_http_optout_batch_slot_get(ngx_http_optout_main_conf_t *omcf,
     ngx_http_optout_batch_slot_t *slot, ngx_log_t *log);
 void ngx_http_optout_batch_slot_put(ngx_http_optout_batch_slot_t *slot);
+ngx_uint_t ngx_http_optout_batch_slot_full(ngx_http_optout_main_conf_t *omcf);
+void ngx_http_optout_batch_refused(ngx_http_optout_main_conf_t *omcf,
+    ngx_log_t *log);
 
 /* ngx_http_optout_batch_parse.c */
 ngx_int_t ngx_http_optout_batch_parse(ngx_http_optout_batch_ctx_t *bc,

@@ -14,6 +14,11 @@
 static void ngx_http_optout_batch_slot_expire(ngx_event_t *ev);
 
 
+/* per worker: refusals, logged at most once a second */
+static ngx_uint_t  ngx_http_optout_batch_nrefused;
+static time_t      ngx_http_optout_batch_logged;
+
+
 char *
 ngx_http_optout_batch_concurrency_conf(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf)
@@ -158,6 +163,37 @@ ngx_http_optout_batch_slot_get(ngx_http_optout_main_conf_t *omcf,
     ngx_add_timer(&slot->timeout, omcf->batch_queue_timeout);
 
     return NGX_AGAIN;
+}
+
+
+/* no place to run or wait: refuse before the body is read */
+
+ngx_uint_t
+ngx_http_optout_batch_slot_full(ngx_http_optout_main_conf_t *omcf)
+{
+    return omcf->batch_running >= omcf->batch_concurrency
+           && omcf->batch_nwaiting >= omcf->batch_queue;
+}
+
+
+void
+ngx_http_optout_batch_refused(ngx_http_optout_main_conf_t *omcf,
+    ngx_log_t *log)
+{
+    ngx_http_optout_batch_nrefused++;
+
+    if (ngx_http_optout_batch_logged == ngx_time()) {
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_WARN, log, 0,
+                  "optout: %ui batch checks running and %ui waiting, "
+                  "%ui batch checks refused since the last such message",
+                  omcf->batch_running, omcf->batch_nwaiting,
+                  ngx_http_optout_batch_nrefused);
+
+    ngx_http_optout_batch_nrefused = 0;
+    ngx_http_optout_batch_logged = ngx_time();
 }
 
 

@@ -294,7 +294,7 @@ ok(batch_ok($t->read_response($s1, 30), 2),
    'timeout: the running batch answers exactly');
 
 $t->stop;
-like($t->error_log // '', qr/batch refused/,
+like($t->error_log // '', qr/batch checks refused since the last such message/,
      'the refusals are logged');
 unlike($t->error_log // '', qr/thread pool .* queue overflow/,
        'the thread pool never overflowed');
