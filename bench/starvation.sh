@@ -120,15 +120,14 @@ measure() {
 
 # row NAME WHAT ALONE IN-FLOOD FAILED-WORD
 row() {
-    local a b
-    a=$(p99_ms "$3")
-    b=$(p99_ms "$4")
-    [ "$(reqs "$4")" = 0 ] && b="none"
-    printf '%-10s %-14s %10s %10s %8s   %s\n' "$1" "$2" "$a ms" "$b ms" \
-        "$(ratio "$b" "$a")x" \
-        "$5: $(non2xx "$3")/$(reqs "$3") alone," \
-        "$(non2xx "$4")/$(reqs "$4") in flood" \
-        "(+$(timeouts "$4") timed out)"
+    local a b note
+    a="$(p99_ms "$3") ms"
+    b="$(p99_ms "$4") ms"
+    [ "$(reqs "$4")" = "$(timeouts "$4")" ] && b="none"
+    note="$5: $(non2xx "$3")/$(reqs "$3") alone, $(non2xx "$4")/$(reqs "$4")"
+    note="$note in flood (+$(timeouts "$4") timed out)"
+    printf '%-10s %-14s %10s %10s %8s   %s\n' "$1" "$2" "$a" "$b" \
+        "$(ratio "$(p99_ms "$4")" "$(p99_ms "$3")")x" "$note"
 }
 
 echo "$WORKERS nginx worker(s), 16 threads; checks and POSTs at" \
