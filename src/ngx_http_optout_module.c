@@ -161,6 +161,27 @@ static ngx_command_t  ngx_http_optout_commands[] = {
       offsetof(ngx_http_optout_loc_conf_t, check_fail),
       &ngx_http_optout_check_fail },
 
+    { ngx_string("optout_batch_concurrency"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_optout_batch_concurrency_conf,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("optout_batch_queue"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
+      ngx_http_optout_batch_queue_conf,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("optout_batch_thread_pool"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_optout_main_conf_t, batch_thread_pool_name),
+      NULL },
+
       ngx_null_command
 };
 
@@ -226,9 +247,16 @@ ngx_http_optout_create_main_conf(ngx_conf_t *cf)
      *     omcf->thread_pool = NULL;
      *     omcf->store = NULL;
      *     omcf->journal = NULL;
+     *     omcf->batch_thread_pool_name = { 0, NULL };
+     *     omcf->batch_thread_pool = NULL;
+     *     omcf->batch_running = 0;
+     *     omcf->batch_nwaiting = 0;
      */
 
     omcf->store_timeout = NGX_CONF_UNSET_MSEC;
+    omcf->batch_concurrency = NGX_CONF_UNSET_UINT;
+    omcf->batch_queue = NGX_CONF_UNSET_UINT;
+    omcf->batch_queue_timeout = NGX_CONF_UNSET_MSEC;
 
     return omcf;
 }
@@ -256,7 +284,7 @@ ngx_http_optout_init_main_conf(ngx_conf_t *cf, void *conf)
         }
     }
 
-    return NGX_CONF_OK;
+    return ngx_http_optout_batch_init_main_conf(cf, omcf);
 }
 
 

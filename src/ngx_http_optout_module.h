@@ -112,6 +112,17 @@ typedef struct {
 
     ngx_http_optout_cache_t     *cache;     /* NULL: no optout_cache */
 
+    ngx_uint_t                   batch_concurrency;
+    ngx_uint_t                   batch_queue;
+    ngx_msec_t                   batch_queue_timeout;
+    ngx_str_t                    batch_thread_pool_name;
+    ngx_thread_pool_t           *batch_thread_pool;
+
+    /* per worker: batches running and waiting (batch_queue.c) */
+    ngx_uint_t                   batch_running;
+    ngx_uint_t                   batch_nwaiting;
+    ngx_queue_t                  batch_waiting;
+
     /* per worker, set in init_process */
     ngx_http_optout_store_t     *store;
     ngx_http_optout_journal_t   *journal;
@@ -189,6 +200,14 @@ char *ngx_http_optout_check_merge(ngx_conf_t *cf,
 
 /* ngx_http_optout_batch.c */
 ngx_int_t ngx_http_optout_batch_handler(ngx_http_request_t *r);
+
+/* ngx_http_optout_batch_queue.c */
+char *ngx_http_optout_batch_concurrency_conf(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+char *ngx_http_optout_batch_queue_conf(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_http_optout_batch_init_main_conf(ngx_conf_t *cf,
+    ngx_http_optout_main_conf_t *omcf);
 
 /* ngx_http_optout_page.c */
 char *ngx_http_optout_page_set(ngx_conf_t *cf, ngx_command_t *cmd,

@@ -1,0 +1,240 @@
+
+/*
+ * The lookup of a batch, in the thread: normalize each destination,
+ * derive its store keys (account-wide, and per sender when one is
+ * given), one multi-get of them all, and each destination's verdict.
+ */
+
+
+#include "ngx_http_optout_batch.h"
+
+
+typedef struct {
+    ngx_uint_t                       per;
+    ngx_uint_t                       nkeys;
+    char                            *keybuf;
+    const char                     **keys;
+    size_t                          *lens;
+    u_char                          *found;
+    optout_rule_t                   *rules;
+} ngx_http_optout_batch_keys_t;
+
+
+static ngx_int_t ngx_http_optout_batch_keys(ngx_http_optout_batch_ctx_t *bc,
+    ngx_http_optout_batch_list_t *list, ngx_http_optout_batch_dest_t *dests,
+    ngx_http_optout_batch_keys_t *k);
+static ngx_int_t ngx_http_optout_batch_mget(ngx_http_optout_batch_ctx_t *bc,
+    ngx_http_optout_batch_keys_t *k);
+static void ngx_http_optout_batch_verdict(ngx_http_optout_batch_ctx_t *bc,
+    ngx_http_optout_batch_dest_t *d, u_char *found, optout_rule_t *rules,
+    ngx_uint_t per);
+static void ngx_http_optout_batch_keys_free(ngx_http_optout_batch_keys_t *k);
+
+
+/*
+ * Returns one entry a destination, or NULL with the error answer written
+ * (no memory, or the store cannot answer with "optout_check_fail closed").
+ * The caller frees the entries.
+ */
+
+ngx_http_optout_batch_dest_t *
+ngx_http_optout_batch_lookup(ngx_http_optout_batch_ctx_t *bc,
+    ngx_http_optout_batch_list_t *list)
+{
+    ngx_int_t                      rc;
+    ngx_uint_t                     i, key;
+    ngx_http_optout_batch_keys_t   k;
+    ngx_http_optout_batch_dest_t  *dests;
+
+    ngx_memzero(&k, sizeof(ngx_http_optout_batch_keys_t));
+
+    dests = malloc(list->n * sizeof(ngx_http_optout_batch_dest_t));
+    if (dests == NULL) {
+        goto no_memory;
+    }
+
+    rc = ngx_http_optout_batch_keys(bc, list, dests, &k);
+
+    if (rc == NGX_ERROR) {
+        goto no_memory;
+    }
+
+    if (rc == NGX_ABORT) {
+        ngx_http_optout_batch_fail(bc, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                   "50000", "Internal error",
+                                   "Key derivation failed.");
+        goto failed;
+    }
+
+    if (ngx_http_optout_batch_mget(bc, &k) != NGX_OK) {
+        goto failed;
+    }
+
+    for (i = 0, key = 0; i < list->n; i++) {
+        if (dests[i].status == NGX_HTTP_OPTOUT_STATUS_INVALID) {
+            continue;
+        }
+
+        ngx_http_optout_batch_verdict(bc, &dests[i], &k.found[key],
+                                      &k.rules[key], k.per);
+        key += k.per;
+    }
+
+    ngx_http_optout_batch_keys_free(&k);
+
+    return dests;
+
+no_memory:
+
+    ngx_http_optout_batch_fail(bc, NGX_HTTP_INTERNAL_SERVER_ERROR, "50000",
+                               "Internal error", "Out of memory.");
+
+failed:
+
+    ngx_http_optout_batch_keys_free(&k);
+    free(dests);
+
+    return NULL;
+}
+
+
+/*
+ * normalizes the destinations and derives their keys, "per" keys a valid
+ * destination in a row; NGX_ERROR: no memory, NGX_ABORT: HMAC failed
+ */
+
+static ngx_int_t
+ngx_http_optout_batch_keys(ngx_http_optout_batch_ctx_t *bc,
+    ngx_http_optout_batch_list_t *list, ngx_http_optout_batch_dest_t *dests,
+    ngx_http_optout_batch_keys_t *k)
+{
+    size_t                         max;
+    ngx_uint_t                     i, s;
+    ngx_http_optout_batch_item_t  *item;
+
+    k->per = bc->sender_len ? 2 : 1;
+    max = list->n * k->per;
+
+    k->keybuf = malloc(max * (OPTOUT_STORE_KEY_MAX + 1));
+    k->keys = malloc(max * sizeof(char *));
+    k->lens = malloc(max * sizeof(size_t));
+    k->found = malloc(max);
+    k->rules = malloc(max * sizeof(optout_rule_t));
+
+    if (k->keybuf == NULL || k->keys == NULL || k->lens == NULL
+        || k->found == NULL || k->rules == NULL)
+    {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < list->n; i++) {
+        item = &list->items[i];
+
+        if (!item->string
+            || optout_normalize_dest((char *) item->data, item->len,
+                                     &dests[i].dest)
+               != OPTOUT_OK)
+        {
+            dests[i].status = NGX_HTTP_OPTOUT_STATUS_INVALID;
+            continue;
+        }
+
+        dests[i].status = NGX_HTTP_OPTOUT_STATUS_NONE;
+
+        for (s = 0; s < k->per; s++) {
+            k->keys[k->nkeys] = k->keybuf
+                                + k->nkeys * (OPTOUT_STORE_KEY_MAX + 1);
+
+            if (optout_store_key(bc->mac, (char *) bc->prefix.data,
+                                 bc->prefix.len, (char *) bc->ns.data,
+                                 bc->ns.len, bc->sender,
+                                 s ? bc->sender_len : 0, &dests[i].dest,
+                                 (char *) k->keys[k->nkeys],
+                                 &k->lens[k->nkeys])
+                != OPTOUT_OK)
+            {
+                return NGX_ABORT;
+            }
+
+            k->nkeys++;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * The one call to the store.  NGX_OK: k->found and k->rules are known, or
+ * unknown and taken as allowed with "optout_check_fail open"
+ * (bc->unverified); NGX_ERROR: the error answer is written.
+ */
+
+static ngx_int_t
+ngx_http_optout_batch_mget(ngx_http_optout_batch_ctx_t *bc,
+    ngx_http_optout_batch_keys_t *k)
+{
+    ngx_int_t  rc;
+
+    if (k->nkeys == 0) {
+        return NGX_OK;
+    }
+
+    rc = ngx_http_optout_store_mget(bc->store, k->keys, k->lens, k->nkeys,
+                                    k->found, k->rules);
+
+    if (rc == NGX_OK) {
+        return NGX_OK;
+    }
+
+    if (bc->open) {
+        bc->unverified = 1;
+        ngx_memzero(k->found, k->nkeys);
+        return NGX_OK;
+    }
+
+    ngx_http_optout_batch_fail(bc, NGX_HTTP_SERVICE_UNAVAILABLE, "40301",
+                               "Opt-out store unavailable",
+                               rc == NGX_DECLINED
+                               ? "The store is not seeded; sending is "
+                                 "denied until it is."
+                               : "The opt-out rules could not be read; "
+                                 "sending is denied until they can.");
+    return NGX_ERROR;
+}
+
+
+/*
+ * The final verdict of one valid destination from its keys' results: the
+ * account-wide rule first, then the sender's.
+ */
+
+static void
+ngx_http_optout_batch_verdict(ngx_http_optout_batch_ctx_t *bc,
+    ngx_http_optout_batch_dest_t *d, u_char *found, optout_rule_t *rules,
+    ngx_uint_t per)
+{
+    ngx_uint_t  s;
+
+    for (s = 0; s < per; s++) {
+        if (found[s]) {
+            d->status = NGX_HTTP_OPTOUT_STATUS_BLOCKED;
+            d->scope = s ? "sender" : "account";
+            d->rule = rules[s];
+            return;
+        }
+    }
+
+    d->status = NGX_HTTP_OPTOUT_STATUS_ALLOWED;
+}
+
+
+static void
+ngx_http_optout_batch_keys_free(ngx_http_optout_batch_keys_t *k)
+{
+    free(k->keybuf);
+    free(k->keys);
+    free(k->lens);
+    free(k->found);
+    free(k->rules);
+}
