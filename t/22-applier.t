@@ -1,0 +1,213 @@
+#!/usr/bin/perl
+
+# A click recorded while memcached cannot take the write (frozen with
+# SIGSTOP: writes never complete, as in a partition) reaches memcached
+# without a manual replay, across a reload, workers killed with SIGKILL and
+# a full restart; meanwhile this node's check answers exactly "blocked"
+# (40300) for it, without and with optout_cache.  The lag is logged at
+# [error].  A frozen memcached would still execute the writes waiting in
+# its socket buffers when thawed, so it is killed (SIGKILL while stopped)
+# and started again empty instead: only the journal applier can bring the
+# rule back.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use JSON::PP ();
+use Test::More;
+use Time::HiRes qw(time sleep);
+use OptoutTest;
+
+OptoutTest->require_module;
+
+my $JSON = JSON::PP->new->utf8;
+
+my $t = OptoutTest->new(workers => 2);
+
+my $CHECK = 'location = /check { optout_check; }';
+my $CACHE = 'optout_cache zone=ck:1m blocked=0 allowed=10m;';
+
+$t->setup(server => $CHECK);
+
+# the store counts as seeded: one server, its marker is marker:0
+ok($t->mc_set('optout:marker:0', '1 ' . int time), 'marker set');
+
+sub check_code {
+    my ($dest) = @_;
+    my $r = $t->get('/check?to=' . OptoutTest::_urlenc($dest));
+    my $code = '';
+    if ($r->{status} == 403) {
+        my $j = eval { $JSON->decode($r->{content}) };
+        $code = $j ? $j->{errors}[0]{code} // '' : 'not JSON';
+    }
+    return "$r->{status} $code " . ($r->{headers}{'x-optout-campaign'} // '-');
+}
+
+sub wait_rule {
+    my ($dest) = @_;
+    my $key = $t->skey(dest => $dest);
+    my $deadline = time + 30;
+    my $v;
+    until (defined($v = $t->mc_get($key))) {
+        last if time > $deadline;
+        sleep 0.25;
+    }
+    return $v // '';
+}
+
+sub click {
+    my ($dest, $campaign) = @_;
+    my $r = $t->post_one_click('/u/' . $t->token(dest => $dest,
+                                                 campaign => $campaign));
+    return $r->{status};
+}
+
+sub kill_workers {
+    my @old = $t->worker_pids;
+    kill 'KILL', @old;
+    my %old = map { $_ => 1 } @old;
+    my $deadline = time + 10;
+    while (time < $deadline) {
+        my @now = grep { !$old{$_} } $t->worker_pids;
+        return scalar @old if @now >= 2;
+        sleep 0.05;
+    }
+    return 0;
+}
+
+
+# SIGKILL while stopped: the writes queued in its sockets are lost, as
+# they are in a partition
+sub memcached_crash {
+    my $pid = $t->{mc_pid};
+    kill 'KILL', $pid;
+    waitpid($pid, 0);
+    $t->{mc_pid} = undef;
+    $t->{mc_frozen} = 0;
+    $t->memcached_start;
+}
+
+my $LAG = qr/\[error\].*journal applier: .*are not known to be in memcached/;
+
+# the applier ran and failed while memcached was unreachable
+sub wait_lag {
+    my ($before) = @_;
+    my $deadline = time + 20;
+    while (time < $deadline) {
+        my @l = grep { /$LAG/ } split /\n/, $t->error_log // '';
+        return 1 if @l > $before;
+        sleep 0.25;
+    }
+    return 0;
+}
+
+sub lag_lines {
+    return scalar grep { /$LAG/ } split /\n/, $t->error_log // '';
+}
+
+my $D1 = OptoutTest::phone(220001);
+my $D2 = OptoutTest::phone(220002);
+my $D3 = OptoutTest::phone(220003);
+
+is(check_code($D1), '204  -', 'before the click: allowed');
+
+# ---------------------------------------------------------------- no cache
+
+$t->memcached_freeze;
+
+is(click($D1, 101), 200, 'click while memcached is frozen: 200');
+is(scalar $t->journal_for($D1), 1, 'its journal line');
+is(check_code($D1), '403 40300 101', 'check: blocked (40300), memcached frozen');
+
+ok($t->reload(10), 'reload while memcached is frozen');
+is(check_code($D1), '403 40300 101', 'check after the reload: blocked');
+
+ok(kill_workers(), 'every worker killed with SIGKILL, new ones started');
+is(check_code($D1), '403 40300 101', 'check after SIGKILL: blocked');
+
+ok(wait_lag(0), 'the lag is logged at [error] while memcached is frozen');
+
+memcached_crash();
+
+like(wait_rule($D1), qr/^1 101 \d+ link sms 1$/,
+     'memcached back (empty): the rule reaches it, no replay');
+
+ok($t->mc_set('optout:marker:0', '1 ' . int time), 'marker set again');
+is(check_code($D1), '403 40300 101', 'check from memcached: blocked');
+
+unlike($t->error_log, qr/run "optoutctl replay"/,
+       'no operator action asked for');
+
+# ---------------------------------------------------------------- cache
+
+# "no rule" cached, block rules not kept: only the pending set can tell
+
+$t->write_conf($t->optout_http(server => $CHECK, http => $CACHE));
+ok($t->reload(10), 'reload with optout_cache');
+
+is(check_code($D2), '204  -', 'with the cache, before the click: allowed');
+
+$t->memcached_freeze;
+
+is(click($D2, 202), 200, 'click while memcached is frozen: 200');
+is(check_code($D2), '403 40300 202',
+   'with the cache: blocked (40300), memcached frozen');
+
+ok(kill_workers(), 'every worker killed with SIGKILL');
+is(check_code($D2), '403 40300 202', 'with the cache, after SIGKILL: blocked');
+
+my $lag = lag_lines();
+ok(wait_lag($lag), 'with the cache: the lag is logged at [error]');
+
+memcached_crash();
+
+like(wait_rule($D2), qr/^1 202 \d+ link sms 1$/,
+     'with the cache: the rule reaches memcached');
+
+# ---------------------------------------------------------------- restart
+
+$t->memcached_freeze;
+
+is(click($D3, 303), 200, 'click while memcached is frozen: 200');
+
+$t->stop;
+$t->start;
+is(check_code($D3), '403 40300 303',
+   'nginx restarted, memcached still frozen: blocked');
+
+$t->stop;
+memcached_crash();
+is($t->mc_get($t->skey(dest => $D3)), undef,
+   'memcached back, nginx down: the rule is not there yet');
+
+$t->start;
+like(wait_rule($D3), qr/^1 303 \d+ link sms 1$/,
+     'nginx started after memcached is back: the rule arrives');
+
+# the record's newest slot (two slots, 4096 bytes apart) is at the end
+sub applied_offset {
+    my $rec = $t->read_file('journal.log.applied') // '';
+    my ($seq, $off) = (-1, -1);
+    for my $slot (0, 4096) {
+        next unless length($rec) > $slot;
+        my $l = substr $rec, $slot, 128;
+        next unless $l =~ /^optout-applied 1 (\d+) \d+ \d+ (\d+) [0-9a-f]{8}\n/;
+        ($seq, $off) = ($1, $2) if $1 > $seq;
+    }
+    return $off;
+}
+
+my $size = -s $t->path('journal.log');
+my $deadline = time + 15;
+sleep 0.25 while applied_offset() != $size && time < $deadline;
+is(applied_offset(), $size,
+   'the applied record next to the journal reached its end');
+
+$t->stop;
+ok($t->error_log_clean(qr/exited on signal 9/),
+   'no alert/crit/emerg in error.log but the SIGKILLs');
+
+done_testing;
