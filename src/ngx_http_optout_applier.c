@@ -578,24 +578,22 @@ static ngx_int_t
 ngx_http_optout_applier_file(ngx_http_optout_applier_t *a,
     ngx_http_optout_applied_t *rec, ngx_log_t *log)
 {
-    u_char                  *line;
+    u_char                   c, *line;
     size_t                   len;
     ngx_int_t                rc;
     ngx_uint_t               n;
     struct stat              st;
     ngx_http_optout_tail_t   t;
 
-    if (fstat(a->fd, &st) == -1) {
-        ngx_http_optout_applier_error(a, ngx_errno, "fstat(\"%V\") failed",
-                                      &a->path);
-        return NGX_ERROR;
-    }
+    /* a journal cut back (or replaced in place) is applied again */
 
-    if (st.st_size < rec->offset) {
+    if (rec->offset
+        && (pread(a->fd, &c, 1, rec->offset - 1) != 1 || c != '\n'))
+    {
         ngx_log_error(NGX_LOG_ERR, log, 0,
-                      "optout: journal \"%V\" is shorter than the %O bytes "
-                      "applied, it is applied again from its start",
-                      &a->path, rec->offset);
+                      "optout: journal \"%V\" has no line ending at the "
+                      "applied offset %O, it is applied again from its "
+                      "start", &a->path, rec->offset);
         rec->offset = 0;
         rec->dirty = 1;
     }

@@ -187,24 +187,53 @@ $t->start;
 like(wait_rule($D3), qr/^1 303 \d+ link sms 1$/,
      'nginx started after memcached is back: the rule arrives');
 
-# the record's newest slot (two slots, 4096 bytes apart) is at the end
-sub applied_offset {
+# the record's newest slot (two slots, 4096 bytes apart): "inode offset"
+sub applied {
     my $rec = $t->read_file('journal.log.applied') // '';
-    my ($seq, $off) = (-1, -1);
+    my ($seq, $at) = (-1, '');
     for my $slot (0, 4096) {
         next unless length($rec) > $slot;
         my $l = substr $rec, $slot, 128;
-        next unless $l =~ /^optout-applied 1 (\d+) \d+ \d+ (\d+) [0-9a-f]{8}\n/;
-        ($seq, $off) = ($1, $2) if $1 > $seq;
+        next unless $l =~
+            /^optout-applied 1 (\d+) \d+ (\d+) (\d+) [0-9a-f]{8}\n/;
+        ($seq, $at) = ($1, "$2 $3") if $1 > $seq;
     }
-    return $off;
+    return $at;
 }
 
-my $size = -s $t->path('journal.log');
-my $deadline = time + 15;
-sleep 0.25 while applied_offset() != $size && time < $deadline;
-is(applied_offset(), $size,
+sub journal_end {
+    my @st = stat $t->path('journal.log');
+    return "$st[1] $st[7]";
+}
+
+sub wait_applied {
+    my $deadline = time + 30;
+    sleep 0.25 while applied() ne journal_end() && time < $deadline;
+    return applied();
+}
+
+is(wait_applied(), journal_end(),
    'the applied record next to the journal reached its end');
+
+# ---------------------------------------------------------------- rotation
+
+ok(rename($t->path('journal.log'), $t->path('journal.log.1')),
+   'journal renamed');
+ok($t->reopen, 'nginx -s reopen');
+
+my $D4 = OptoutTest::phone(220004);
+
+$t->memcached_freeze;
+is(click($D4, 404), 200, 'click after the rotation, memcached frozen: 200');
+is(scalar $t->journal_for($D4), 1, 'its line is in the new journal');
+is(check_code($D4), '403 40300 404', 'check: blocked');
+
+memcached_crash();
+
+like(wait_rule($D4), qr/^1 404 \d+ link sms 1$/,
+     'after the rotation: the rule from the new journal arrives');
+is(wait_applied(), journal_end(),
+   'the applied record follows the new journal to its end');
 
 $t->stop;
 ok($t->error_log_clean(qr/exited on signal 9/),
