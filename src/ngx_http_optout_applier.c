@@ -24,6 +24,7 @@
 #define NGX_HTTP_OPTOUT_APPLIER_BACKOFF  8000
 #define NGX_HTTP_OPTOUT_APPLIER_BUF      65536
 #define NGX_HTTP_OPTOUT_APPLIER_SAVE     1000     /* lines between saves */
+#define NGX_HTTP_OPTOUT_APPLIER_LINES    100    /* a pass at most */
 
 #define NGX_HTTP_OPTOUT_APPLIED_SLOT     4096
 #define NGX_HTTP_OPTOUT_APPLIED_LEN      128
@@ -83,6 +84,7 @@ struct ngx_http_optout_applier_s {
     off_t                        rotated_end;
     uint64_t                     pass;
     ngx_uint_t                   complete;
+    ngx_uint_t                   more;
     off_t                        behind;
     u_char                      *err_end;
     u_char                       err[NGX_MAX_ERROR_STR];
@@ -421,6 +423,7 @@ ngx_http_optout_applier_post(ngx_http_optout_applier_t *a)
 {
     a->pass = ngx_http_optout_pending_start(a->pending);
     a->complete = 0;
+    a->more = 0;
     a->behind = 0;
     a->err_end = a->err;
 
@@ -471,7 +474,8 @@ ngx_http_optout_applier_thread(void *data, ngx_log_t *log)
     for (i = 0; i < 2; i++) {
 
         if (ngx_http_optout_applier_open(a, &rec, cur, log) != NGX_OK
-            || ngx_http_optout_applier_file(a, &rec, log) != NGX_OK)
+            || ngx_http_optout_applier_file(a, &rec, log) != NGX_OK
+            || a->more)
         {
             return;
         }
@@ -623,6 +627,13 @@ ngx_http_optout_applier_file(ngx_http_optout_applier_t *a,
         rec->offset = t.offset;
         rec->dirty = 1;
 
+        if (n + 1 == NGX_HTTP_OPTOUT_APPLIER_LINES) {
+            /* a short pass: a worker exit waits for it to end */
+            a->more = 1;
+            rc = NGX_DONE;
+            break;
+        }
+
         if (++n % NGX_HTTP_OPTOUT_APPLIER_SAVE == 0
             && ngx_http_optout_applied_write(a->record_fd, rec) != NGX_OK)
         {
@@ -770,6 +781,11 @@ ngx_http_optout_applier_done(ngx_event_t *ev)
 
     if (ngx_exiting || ngx_terminate || ngx_quit) {
         ngx_http_optout_pending_release(a->pending);
+        return;
+    }
+
+    if (a->more) {
+        ngx_http_optout_applier_post(a);
     }
 }
 
