@@ -24,7 +24,7 @@
 #define NGX_HTTP_OPTOUT_APPLIER_BACKOFF  8000
 #define NGX_HTTP_OPTOUT_APPLIER_BUF      65536
 #define NGX_HTTP_OPTOUT_APPLIER_SAVE     1000     /* lines between saves */
-#define NGX_HTTP_OPTOUT_APPLIER_LINES    10000  /* a pass at most */
+#define NGX_HTTP_OPTOUT_APPLIER_LINES    10000    /* a pass at most */
 
 #define NGX_HTTP_OPTOUT_APPLIED_SLOT     4096
 #define NGX_HTTP_OPTOUT_APPLIED_LEN      128

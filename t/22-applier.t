@@ -120,7 +120,8 @@ $t->memcached_freeze;
 
 is(click($D1, 101), 200, 'click while memcached is frozen: 200');
 is(scalar $t->journal_for($D1), 1, 'its journal line');
-is(check_code($D1), '403 40300 101', 'check: blocked (40300), memcached frozen');
+is(check_code($D1), '403 40300 101',
+   'check: blocked (40300), memcached frozen');
 
 ok($t->reload(10), 'reload while memcached is frozen');
 is(check_code($D1), '403 40300 101', 'check after the reload: blocked');
