@@ -99,6 +99,8 @@ static void ngx_http_optout_applier_post(ngx_http_optout_applier_t *a);
 static void ngx_http_optout_applier_thread(void *data, ngx_log_t *log);
 static ngx_int_t ngx_http_optout_applier_open(ngx_http_optout_applier_t *a,
     ngx_http_optout_applied_t *rec, struct stat *cur, ngx_log_t *log);
+static void ngx_http_optout_applier_check(ngx_http_optout_applier_t *a,
+    ngx_http_optout_applied_t *rec, ngx_log_t *log);
 static ngx_int_t ngx_http_optout_applier_file(ngx_http_optout_applier_t *a,
     ngx_http_optout_applied_t *rec, ngx_log_t *log);
 static ngx_int_t ngx_http_optout_applier_line(ngx_http_optout_applier_t *a,
@@ -576,31 +578,44 @@ ngx_http_optout_applier_open(ngx_http_optout_applier_t *a,
 }
 
 
+/* a journal cut back (or replaced in place) is applied again */
+
+static void
+ngx_http_optout_applier_check(ngx_http_optout_applier_t *a,
+    ngx_http_optout_applied_t *rec, ngx_log_t *log)
+{
+    u_char  c;
+
+    if (rec->offset == 0
+        || (pread(a->fd, &c, 1, rec->offset - 1) == 1 && c == '\n'))
+    {
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_ERR, log, 0,
+                  "optout: journal \"%V\" has no line ending at the "
+                  "applied offset %O, it is applied again from its start",
+                  &a->path, rec->offset);
+
+    rec->offset = 0;
+    rec->dirty = 1;
+}
+
+
 /* applies a->fd from the record on, and moves the record on */
 
 static ngx_int_t
 ngx_http_optout_applier_file(ngx_http_optout_applier_t *a,
     ngx_http_optout_applied_t *rec, ngx_log_t *log)
 {
-    u_char                   c, *line;
+    u_char                  *line;
     size_t                   len;
     ngx_int_t                rc;
     ngx_uint_t               n;
     struct stat              st;
     ngx_http_optout_tail_t   t;
 
-    /* a journal cut back (or replaced in place) is applied again */
-
-    if (rec->offset
-        && (pread(a->fd, &c, 1, rec->offset - 1) != 1 || c != '\n'))
-    {
-        ngx_log_error(NGX_LOG_ERR, log, 0,
-                      "optout: journal \"%V\" has no line ending at the "
-                      "applied offset %O, it is applied again from its "
-                      "start", &a->path, rec->offset);
-        rec->offset = 0;
-        rec->dirty = 1;
-    }
+    ngx_http_optout_applier_check(a, rec, log);
 
     ngx_memzero(&t, sizeof(ngx_http_optout_tail_t));
 
