@@ -5,7 +5,8 @@
 # without a manual replay, across a reload, workers killed with SIGKILL and
 # a full restart; meanwhile this node's check answers exactly "blocked"
 # (40300) for it, without and with optout_cache.  The lag is logged at
-# [error].  A frozen memcached would still execute the writes waiting in
+# [error].  More pending opt-outs than the pending set holds make checks
+# fail closed until the applier has caught up.  A frozen memcached would still execute the writes waiting in
 # its socket buffers when thawed, so it is killed (SIGKILL while stopped)
 # and started again empty instead: only the journal applier can bring the
 # rule back.
@@ -235,6 +236,47 @@ like(wait_rule($D4), qr/^1 404 \d+ link sms 1$/,
      'after the rotation: the rule from the new journal arrives');
 is(wait_applied(), journal_end(),
    'the applied record follows the new journal to its end');
+
+# ---------------------------------------------------------------- overflow
+
+# the pending set holds 10,000 opt-outs; with one more, a destination
+# with no rule answers "unavailable" until the applier has caught up
+
+my $N = 10001;
+my $F = OptoutTest::phone(250001);
+
+$t->memcached_stop;
+
+my @res = OptoutTest::run_parallel(4, sub {
+    my ($c) = @_;
+    my $bad = 0;
+    for (my $i = $c; $i < $N; $i += 4) {
+        $bad++ unless click(OptoutTest::phone(230000 + $i), 7) == 200;
+    }
+    return { bad => $bad };
+});
+is(scalar(grep { ($_->{bad} // 1) != 0 } @res), 0,
+   "$N clicks with memcached down: all 200");
+like($t->error_log, qr/\[error\].*more than 10000 recorded opt-outs/,
+     'the overflow is logged at [error]');
+
+$t->memcached_start;
+ok($t->mc_set('optout:marker:0', '1 ' . int time), 'marker set again');
+
+is(check_code($F), '403 40301 -',
+   'no rule, pending set overflowed: unavailable (40301)');
+
+my $deadline = time + 60;
+my $c;
+sleep 0.25 while ($c = check_code($F)) ne '204  -' && time < $deadline;
+is($c, '204  -', 'once the applier has caught up: allowed');
+like($t->error_log, qr/\[notice\].*journal applier caught up/,
+     'the catch-up is logged');
+
+my @keys = map { $t->skey(dest => OptoutTest::phone(230000 + $_)) }
+           0 .. $N - 1;
+is(scalar keys %{ $t->mc_get_multi(@keys) || {} }, $N,
+   "all $N rules are in memcached");
 
 $t->stop;
 ok($t->error_log_clean(qr/exited on signal 9/),
