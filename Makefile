@@ -19,8 +19,9 @@ CORE_SRCS := src/optout_normalize.c src/optout_token.c src/optout_crypto.c \
              src/optout_record.c
 CORE_HDRS := src/optout_core.h
 MC_SRCS   := src/optout_memcached.c src/optout_memcached.h
+JNL_SRCS  := src/optout_journal.c src/optout_journal.h
 MOD_SRCS  := $(wildcard src/ngx_http_optout_*.c src/ngx_http_optout_*.h) \
-             $(MC_SRCS)
+             $(MC_SRCS) $(JNL_SRCS)
 
 .PHONY: all module tools deps test unit fuzz fuzz-short run bench clean
 
@@ -37,10 +38,11 @@ $(BUILD)/ngx_http_optout_module.so: config $(MOD_SRCS) $(CORE_SRCS) \
 
 tools: $(BUILD)/optoutctl $(BUILD)/test_core
 
-$(BUILD)/optoutctl: tools/optoutctl.c $(CORE_SRCS) $(CORE_HDRS) $(MC_SRCS)
+$(BUILD)/optoutctl: tools/optoutctl.c $(CORE_SRCS) $(CORE_HDRS) $(MC_SRCS) \
+                   $(JNL_SRCS)
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) $(WARN) -Isrc -o $@ tools/optoutctl.c $(CORE_SRCS) \
-	    src/optout_memcached.c \
+	    src/optout_memcached.c src/optout_journal.c \
 	    $(LIBS) -lmemcached -ljansson
 
 $(BUILD)/test_core: tests/unit/test_core.c $(CORE_SRCS) $(CORE_HDRS)

@@ -5,7 +5,8 @@
  * lookups of many requests share one memcached multi-get (see the store),
  * answers are kept in the optout_cache zone, and a store that cannot tell
  * (down, slow, not seeded) never answers "allowed" unless the operator
- * chose "optout_check_fail open".
+ * chose "optout_check_fail open".  Opt-outs this node recorded that
+ * memcached may not hold yet (the pending set) answer "blocked" first.
  */
 
 
@@ -17,6 +18,10 @@ static ngx_int_t ngx_http_optout_check_input(ngx_http_request_t *r,
     ngx_http_optout_loc_conf_t *olcf, ngx_http_optout_ctx_t *ctx);
 static u_char *ngx_http_optout_check_invalid(ngx_http_request_t *r,
     ngx_http_optout_ctx_t *ctx, u_char *p);
+static ngx_int_t ngx_http_optout_check_pending(
+    ngx_http_optout_main_conf_t *omcf, ngx_http_optout_ctx_t *ctx);
+static void ngx_http_optout_check_allowed(ngx_http_optout_main_conf_t *omcf,
+    ngx_http_optout_ctx_t *ctx);
 static void ngx_http_optout_check_lookup_done(ngx_http_optout_lookup_t *lk);
 static void ngx_http_optout_check_timeout(ngx_event_t *ev);
 static void ngx_http_optout_check_cleanup(void *data);
@@ -162,6 +167,10 @@ ngx_http_optout_check_handler(ngx_http_request_t *r)
         return ngx_http_optout_check_respond(r, ctx);
     }
 
+    if (ngx_http_optout_check_pending(omcf, ctx) == NGX_OK) {
+        return ngx_http_optout_check_respond(r, ctx);
+    }
+
     lk = &ctx->lookup;
 
     /* the cache answers when it knows every key, or one blocks */
@@ -186,7 +195,7 @@ ngx_http_optout_check_handler(ngx_http_request_t *r)
         }
 
         if (!miss) {
-            ctx->status = NGX_HTTP_OPTOUT_STATUS_ALLOWED;
+            ngx_http_optout_check_allowed(omcf, ctx);
             return ngx_http_optout_check_respond(r, ctx);
         }
     }
@@ -359,12 +368,73 @@ ngx_http_optout_check_invalid(ngx_http_request_t *r,
 }
 
 
+/*
+ * NGX_OK: a key is pending, the check answers "blocked" with its rule;
+ * NGX_BUSY: the pending set overflowed; NGX_DECLINED: nothing pending.
+ */
+
+static ngx_int_t
+ngx_http_optout_check_pending(ngx_http_optout_main_conf_t *omcf,
+    ngx_http_optout_ctx_t *ctx)
+{
+    ngx_int_t                  rc, busy;
+    ngx_uint_t                 i;
+    optout_rule_t              rule;
+    ngx_http_optout_lookup_t  *lk;
+
+    lk = &ctx->lookup;
+    busy = 0;
+
+    for (i = 0; i < lk->nkeys; i++) {
+        rc = ngx_http_optout_pending_find(omcf->pending, lk->key[i],
+                                          lk->key_len[i], &rule);
+
+        if (rc == NGX_OK) {
+            ctx->status = NGX_HTTP_OPTOUT_STATUS_BLOCKED;
+            ctx->rule = rule;
+            ctx->rule_sender = i;
+            return NGX_OK;
+        }
+
+        if (rc == NGX_BUSY) {
+            busy = 1;
+        }
+    }
+
+    return busy ? NGX_BUSY : NGX_DECLINED;
+}
+
+
+/* neither memcached nor the cache holds a rule: unless one is pending */
+
+static void
+ngx_http_optout_check_allowed(ngx_http_optout_main_conf_t *omcf,
+    ngx_http_optout_ctx_t *ctx)
+{
+    switch (ngx_http_optout_check_pending(omcf, ctx)) {
+
+    case NGX_OK:
+        break;
+
+    case NGX_BUSY:
+        ctx->status = NGX_HTTP_OPTOUT_STATUS_UNAVAILABLE;
+        ctx->reason = "too many opt-outs recorded on this node are not "
+                      "yet known to be in memcached";
+        break;
+
+    default:
+        ctx->status = NGX_HTTP_OPTOUT_STATUS_ALLOWED;
+    }
+}
+
+
 static void
 ngx_http_optout_check_lookup_done(ngx_http_optout_lookup_t *lk)
 {
     ngx_http_optout_ctx_t *ctx = lk->data;
 
-    ngx_uint_t  i;
+    ngx_uint_t                    i;
+    ngx_http_optout_main_conf_t  *omcf;
 
     if (ctx->timeout.timer_set) {
         ngx_del_timer(&ctx->timeout);
@@ -392,6 +462,12 @@ ngx_http_optout_check_lookup_done(ngx_http_optout_lookup_t *lk)
             ctx->rule = lk->rule[i];
             ctx->rule_sender = i;
         }
+    }
+
+    if (ctx->status == NGX_HTTP_OPTOUT_STATUS_ALLOWED) {
+        omcf = ngx_http_get_module_main_conf(ctx->request,
+                                             ngx_http_optout_module);
+        ngx_http_optout_check_allowed(omcf, ctx);
     }
 
     ngx_http_optout_check_finish(ctx);

@@ -3,7 +3,9 @@
  * The link location: GET and HEAD show a confirmation page and change
  * nothing (scanners and previewers fetch every link); POST, from the page's
  * form or as an RFC 8058 one-click request, records the opt-out in the
- * journal and the store and then answers with a confirmation page.
+ * journal and the store and then answers with a confirmation page.  When
+ * the store write fails, the journal applier writes the line later, and
+ * the pending set answers checks of this node meanwhile.
  */
 
 
@@ -171,14 +173,13 @@ ngx_http_optout_link_token(ngx_http_request_t *r, ngx_str_t *token)
 static ngx_int_t
 ngx_http_optout_link_record(ngx_http_request_t *r, ngx_http_optout_ctx_t *ctx)
 {
-    size_t                        key_len, value_len, line_len;
+    size_t                        value_len, line_len;
     u_char                       *line;
     ngx_int_t                     rc;
     ngx_time_t                   *tp;
-    optout_rule_t                 rule;
+    optout_rule_t                *rule;
     optout_journal_rec_t          rec;
     ngx_http_optout_main_conf_t  *omcf;
-    char                          key[OPTOUT_STORE_KEY_MAX + 1];
     char                          value[OPTOUT_VALUE_MAX + 1];
 
     rc = ngx_http_discard_request_body(r);
@@ -191,7 +192,8 @@ ngx_http_optout_link_record(ngx_http_request_t *r, ngx_http_optout_ctx_t *ctx)
     if (optout_store_key(omcf->store_mac, (char *) omcf->store_prefix.data,
                          omcf->store_prefix.len, (char *) ctx->ns.data,
                          ctx->ns.len, ctx->link.sender, ctx->link.sender_len,
-                         &ctx->link.dest, key, &key_len)
+                         &ctx->link.dest, (char *) ctx->keys[0],
+                         &ctx->key_len)
         != OPTOUT_OK)
     {
         ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
@@ -200,18 +202,19 @@ ngx_http_optout_link_record(ngx_http_request_t *r, ngx_http_optout_ctx_t *ctx)
     }
 
     tp = ngx_timeofday();
+    rule = &ctx->rule;
 
-    rule.campaign = ctx->link.campaign;
-    rule.time = tp->sec;
-    rule.source = OPTOUT_SOURCE_LINK;
-    rule.channel = ctx->link.dest.type;
-    rule.key_id = ctx->link.key_id;
+    rule->campaign = ctx->link.campaign;
+    rule->time = tp->sec;
+    rule->source = OPTOUT_SOURCE_LINK;
+    rule->channel = ctx->link.dest.type;
+    rule->key_id = ctx->link.key_id;
 
-    value_len = optout_rule_format(&rule, value);
+    value_len = optout_rule_format(rule, value);
 
     /* this nginx answers checks of this destination as blocked at once */
 
-    ngx_http_optout_cache_rule(r, (u_char *) key, key_len, &rule);
+    ngx_http_optout_cache_rule(r, ctx->keys[0], ctx->key_len, rule);
 
     rec.time = tp->sec + tp->msec / 1000.0;
     rec.action = "optout";
@@ -255,12 +258,15 @@ ngx_http_optout_link_record(ngx_http_request_t *r, ngx_http_optout_ctx_t *ctx)
 
     /* the journal has the opt-out even if the store cannot take it now */
 
-    if (ngx_http_optout_store_add(r, omcf->store, (u_char *) key, key_len,
-                                  (u_char *) value, value_len,
+    if (ngx_http_optout_store_add(r, omcf->store, ctx->keys[0],
+                                  ctx->key_len, (u_char *) value, value_len,
                                   &ctx->store_waiter)
         == NGX_OK)
     {
         ctx->pending++;
+
+    } else {
+        ctx->store_waiter.rc = NGX_DECLINED;
     }
 
     /* both completions come from the event loop, never from here */
@@ -279,10 +285,11 @@ ngx_http_optout_link_done(ngx_http_optout_waiter_t *w)
 {
     ngx_http_request_t *r = w->data;
 
-    ngx_int_t                    rc;
-    ngx_connection_t            *c;
-    ngx_http_optout_ctx_t       *ctx;
-    ngx_http_optout_loc_conf_t  *olcf;
+    ngx_int_t                     rc;
+    ngx_connection_t             *c;
+    ngx_http_optout_ctx_t        *ctx;
+    ngx_http_optout_loc_conf_t   *olcf;
+    ngx_http_optout_main_conf_t  *omcf;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_optout_module);
 
@@ -291,6 +298,18 @@ ngx_http_optout_link_done(ngx_http_optout_waiter_t *w)
     }
 
     c = r->connection;
+
+    if (ctx->journal_waiter.rc == NGX_OK && ctx->store_waiter.rc != NGX_OK) {
+
+        /* recorded, but not in memcached: never "allowed" meanwhile */
+
+        omcf = ngx_http_get_module_main_conf(r, ngx_http_optout_module);
+
+        (void) ngx_http_optout_pending_add(omcf->pending, ctx->keys[0],
+                                           ctx->key_len, &ctx->rule,
+                                           c->log);
+        ngx_http_optout_pending_kick(omcf->pending);
+    }
 
     r->main->blocked--;
     ngx_http_optout_release(&ctx->hold);

@@ -245,6 +245,9 @@ ngx_http_optout_create_main_conf(ngx_conf_t *cf)
      *     omcf->store_secret_file = { 0, NULL };
      *     omcf->journal_file = NULL;
      *     omcf->thread_pool = NULL;
+     *     omcf->cache = NULL;
+     *     omcf->pending = NULL;
+     *     omcf->applier = NULL;
      *     omcf->store = NULL;
      *     omcf->journal = NULL;
      *     omcf->batch_thread_pool_name = { 0, NULL };
@@ -282,6 +285,14 @@ ngx_http_optout_init_main_conf(ngx_conf_t *cf, void *conf)
         if (omcf->thread_pool == NULL) {
             return NGX_CONF_ERROR;
         }
+    }
+
+    /* what the journal records, the applier brings to the store */
+
+    if (omcf->journal_file && omcf->store_conf.len && omcf->store_mac
+        && ngx_http_optout_pending_conf(cf, omcf) != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
     }
 
     return ngx_http_optout_batch_init_main_conf(cf, omcf);
@@ -559,7 +570,11 @@ ngx_http_optout_init_module(ngx_cycle_t *cycle)
         return NGX_OK;
     }
 
-    return ngx_http_optout_journal_init_module(cycle, omcf);
+    if (ngx_http_optout_journal_init_module(cycle, omcf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_optout_applier_init_module(cycle, omcf);
 }
 
 
@@ -593,6 +608,12 @@ ngx_http_optout_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
+    if (omcf->applier && omcf->store
+        && ngx_http_optout_applier_init_worker(cycle, omcf) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
     return NGX_OK;
 }
 
@@ -605,6 +626,10 @@ ngx_http_optout_exit_process(ngx_cycle_t *cycle)
     omcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_optout_module);
     if (omcf == NULL) {
         return;
+    }
+
+    if (omcf->applier) {
+        ngx_http_optout_applier_exit_worker(cycle, omcf);
     }
 
     if (omcf->journal) {

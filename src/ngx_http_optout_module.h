@@ -40,6 +40,8 @@ typedef struct ngx_http_optout_store_s    ngx_http_optout_store_t;
 typedef struct ngx_http_optout_journal_s  ngx_http_optout_journal_t;
 typedef struct ngx_http_optout_waiter_s   ngx_http_optout_waiter_t;
 typedef struct ngx_http_optout_cache_s    ngx_http_optout_cache_t;
+typedef struct ngx_http_optout_pending_s  ngx_http_optout_pending_t;
+typedef struct ngx_http_optout_applier_s  ngx_http_optout_applier_t;
 
 typedef struct ngx_http_optout_lookup_s    ngx_http_optout_lookup_t;
 
@@ -111,6 +113,8 @@ typedef struct {
     ngx_thread_pool_t           *thread_pool;
 
     ngx_http_optout_cache_t     *cache;     /* NULL: no optout_cache */
+    ngx_http_optout_pending_t   *pending;   /* NULL: no journal */
+    ngx_http_optout_applier_t   *applier;   /* set in init_module */
 
     ngx_uint_t                   batch_concurrency;
     ngx_uint_t                   batch_queue;
@@ -153,6 +157,7 @@ typedef struct {
     ngx_http_optout_waiter_t     journal_waiter;
     ngx_http_optout_waiter_t     store_waiter;
     ngx_event_t                  hold;
+    size_t                       key_len;   /* the link's store key */
 
     /* the send-time check */
     ngx_uint_t                   status;
@@ -233,6 +238,9 @@ ngx_int_t ngx_http_optout_store_mget(ngx_http_optout_store_t *store,
 ngx_int_t ngx_http_optout_store_add(ngx_http_request_t *r,
     ngx_http_optout_store_t *store, u_char *key, size_t key_len,
     u_char *value, size_t value_len, ngx_http_optout_waiter_t *w);
+const char *ngx_http_optout_store_apply(ngx_http_optout_store_t *store,
+    ngx_uint_t optin, u_char *key, size_t key_len, u_char *value,
+    size_t value_len);
 
 /* ngx_http_optout_journal.c */
 char *ngx_http_optout_journal_conf(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -245,6 +253,29 @@ void ngx_http_optout_journal_exit_worker(ngx_cycle_t *cycle,
     ngx_http_optout_main_conf_t *omcf);
 ngx_int_t ngx_http_optout_journal_append(ngx_http_optout_journal_t *j,
     u_char *line, size_t len, ngx_http_optout_waiter_t *w);
+
+/* ngx_http_optout_pending.c */
+ngx_int_t ngx_http_optout_pending_conf(ngx_conf_t *cf,
+    ngx_http_optout_main_conf_t *omcf);
+ngx_int_t ngx_http_optout_pending_add(ngx_http_optout_pending_t *p,
+    u_char *key, size_t len, optout_rule_t *rule, ngx_log_t *log);
+ngx_int_t ngx_http_optout_pending_find(ngx_http_optout_pending_t *p,
+    u_char *key, size_t len, optout_rule_t *rule);
+ngx_int_t ngx_http_optout_pending_claim(ngx_http_optout_pending_t *p);
+void ngx_http_optout_pending_release(ngx_http_optout_pending_t *p);
+void ngx_http_optout_pending_kick(ngx_http_optout_pending_t *p);
+ngx_uint_t ngx_http_optout_pending_kicked(ngx_http_optout_pending_t *p);
+uint64_t ngx_http_optout_pending_start(ngx_http_optout_pending_t *p);
+void ngx_http_optout_pending_done(ngx_http_optout_pending_t *p,
+    uint64_t pass, ngx_log_t *log);
+
+/* ngx_http_optout_applier.c */
+ngx_int_t ngx_http_optout_applier_init_module(ngx_cycle_t *cycle,
+    ngx_http_optout_main_conf_t *omcf);
+ngx_int_t ngx_http_optout_applier_init_worker(ngx_cycle_t *cycle,
+    ngx_http_optout_main_conf_t *omcf);
+void ngx_http_optout_applier_exit_worker(ngx_cycle_t *cycle,
+    ngx_http_optout_main_conf_t *omcf);
 
 /* ngx_http_optout_cache.c */
 char *ngx_http_optout_cache_conf(ngx_conf_t *cf, ngx_command_t *cmd,

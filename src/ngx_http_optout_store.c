@@ -2,9 +2,8 @@
 /*
  * The rule store: memcached through libmemcached.  libmemcached blocks, so
  * every call runs in a thread-pool task that owns copies of its inputs; a
- * per-worker connection pool serves the threads.  Writes that fail are kept
- * in a per-worker retry queue and written again from a timer: the journal
- * already holds them, so nothing is lost if the worker exits first.
+ * per-worker connection pool serves the threads.  A write that fails is
+ * left to the journal applier: the journal is the queue of writes.
  */
 
 
@@ -16,10 +15,6 @@
 
 
 #define NGX_HTTP_OPTOUT_POOL_MAX        64
-#define NGX_HTTP_OPTOUT_RETRY_BATCH     1024
-#define NGX_HTTP_OPTOUT_RETRY_MAX       1000000
-#define NGX_HTTP_OPTOUT_RETRY_MIN       1000
-#define NGX_HTTP_OPTOUT_RETRY_BACKOFF   16000
 
 #define NGX_HTTP_OPTOUT_MGET_KEYS      (OPTOUT_MARKERS_MAX + 510)
 #define NGX_HTTP_OPTOUT_MGET_HASH      2048
@@ -52,28 +47,12 @@ typedef struct {
 } ngx_http_optout_mget_t;
 
 
-typedef struct {
-    ngx_queue_t                  queue;
-    size_t                       key_len;
-    size_t                       value_len;
-    u_char                       key[OPTOUT_STORE_KEY_MAX];
-    u_char                       value[OPTOUT_VALUE_MAX];
-} ngx_http_optout_retry_t;
-
-
 struct ngx_http_optout_store_s {
     memcached_st                *master;
     memcached_pool_st           *pool;
     ngx_thread_pool_t           *thread_pool;
     ngx_log_t                   *log;
     struct timespec              wait;
-
-    ngx_queue_t                  retry;
-    ngx_uint_t                   nretry;
-    ngx_event_t                  retry_event;
-    ngx_msec_t                   retry_delay;
-    ngx_thread_task_t           *retry_task;
-    unsigned                     retry_busy:1;
 
     optout_markers_t             markers;
     ngx_http_optout_mget_t     *filling;
@@ -86,7 +65,7 @@ struct ngx_http_optout_store_s {
 typedef struct {
     ngx_http_optout_store_t     *store;
     ngx_http_optout_waiter_t    *waiter;
-    memcached_return_t           rc;
+    const char                  *error;
     size_t                       key_len;
     size_t                       value_len;
     u_char                       key[OPTOUT_STORE_KEY_MAX];
@@ -94,17 +73,6 @@ typedef struct {
 } ngx_http_optout_add_ctx_t;
 
 
-typedef struct {
-    ngx_http_optout_store_t     *store;
-    ngx_queue_t                  batch;
-    ngx_uint_t                   stored;
-    memcached_return_t           rc;
-} ngx_http_optout_retry_ctx_t;
-
-
-static memcached_return_t ngx_http_optout_store_write(
-    ngx_http_optout_store_t *store, u_char *key, size_t key_len,
-    u_char *value, size_t value_len);
 static ngx_http_optout_mget_t *ngx_http_optout_mget_get(
     ngx_http_optout_store_t *store);
 static ngx_int_t ngx_http_optout_mget_add(ngx_http_optout_mget_t *b,
@@ -115,11 +83,6 @@ static void ngx_http_optout_mget_thread(void *data, ngx_log_t *log);
 static void ngx_http_optout_mget_done(ngx_event_t *ev);
 static void ngx_http_optout_store_add_thread(void *data, ngx_log_t *log);
 static void ngx_http_optout_store_add_done(ngx_event_t *ev);
-static void ngx_http_optout_store_retry_push(ngx_http_optout_store_t *store,
-    u_char *key, size_t key_len, u_char *value, size_t value_len);
-static void ngx_http_optout_store_retry_handler(ngx_event_t *ev);
-static void ngx_http_optout_store_retry_thread(void *data, ngx_log_t *log);
-static void ngx_http_optout_store_retry_done(ngx_event_t *ev);
 
 
 char *
@@ -241,24 +204,7 @@ ngx_http_optout_store_init_worker(ngx_cycle_t *cycle,
     store->thread_pool = omcf->thread_pool;
     store->log = cycle->log;
 
-    ngx_queue_init(&store->retry);
     ngx_queue_init(&store->free_batches);
-    store->retry_delay = NGX_HTTP_OPTOUT_RETRY_MIN;
-
-    store->retry_event.handler = ngx_http_optout_store_retry_handler;
-    store->retry_event.data = store;
-    store->retry_event.log = cycle->log;
-    store->retry_event.cancelable = 1;
-
-    store->retry_task = ngx_thread_task_alloc(cycle->pool,
-                                       sizeof(ngx_http_optout_retry_ctx_t));
-    if (store->retry_task == NULL) {
-        return NGX_ERROR;
-    }
-
-    store->retry_task->handler = ngx_http_optout_store_retry_thread;
-    store->retry_task->event.handler = ngx_http_optout_store_retry_done;
-    store->retry_task->event.data = store;
 
     omcf->store = store;
 
@@ -275,19 +221,6 @@ ngx_http_optout_store_exit_worker(ngx_cycle_t *cycle,
     ngx_http_optout_store_t  *store;
 
     store = omcf->store;
-
-    if (store->nretry) {
-        ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
-                      "optout: %ui opt-outs were not yet written to "
-                      "memcached at exit; they are in the journal, "
-                      "run \"optoutctl replay\"", store->nretry);
-    }
-
-    while (!ngx_queue_empty(&store->retry)) {
-        q = ngx_queue_head(&store->retry);
-        ngx_queue_remove(q);
-        ngx_free(ngx_queue_data(q, ngx_http_optout_retry_t, queue));
-    }
 
     while (!ngx_queue_empty(&store->free_batches)) {
         q = ngx_queue_head(&store->free_batches);
@@ -679,8 +612,6 @@ ngx_http_optout_store_add(ngx_http_request_t *r,
     task->event.data = ctx;
 
     if (ngx_thread_task_post(store->thread_pool, task) != NGX_OK) {
-        ngx_http_optout_store_retry_push(store, key, key_len, value,
-                                         value_len);
         return NGX_DECLINED;
     }
 
@@ -688,30 +619,46 @@ ngx_http_optout_store_add(ngx_http_request_t *r,
 }
 
 
-static memcached_return_t
-ngx_http_optout_store_write(ngx_http_optout_store_t *store, u_char *key,
-    size_t key_len, u_char *value, size_t value_len)
+/*
+ * In a thread: one journal record applied to memcached, "add" for an
+ * opt-out (the campaign of the first opt-out is kept) and "delete" for an
+ * opt-in.  Returns NULL, or why it failed.
+ */
+
+const char *
+ngx_http_optout_store_apply(ngx_http_optout_store_t *store, ngx_uint_t optin,
+    u_char *key, size_t key_len, u_char *value, size_t value_len)
 {
     memcached_st        *mc;
     memcached_return_t   rc;
 
     mc = memcached_pool_fetch(store->pool, &store->wait, &rc);
     if (mc == NULL) {
-        return rc == MEMCACHED_SUCCESS ? MEMCACHED_FAILURE : rc;
+        return memcached_strerror(NULL, rc == MEMCACHED_SUCCESS
+                                        ? MEMCACHED_FAILURE : rc);
     }
 
-    /* "add": the campaign of the first opt-out is kept */
+    if (optin) {
+        rc = memcached_delete(mc, (char *) key, key_len, 0);
 
-    rc = memcached_add(mc, (char *) key, key_len, (char *) value, value_len,
-                       0, 0);
+    } else {
+        rc = memcached_add(mc, (char *) key, key_len, (char *) value,
+                           value_len, 0, 0);
+    }
 
     (void) memcached_pool_release(store->pool, mc);
 
-    if (rc == MEMCACHED_NOTSTORED || rc == MEMCACHED_DATA_EXISTS) {
-        rc = MEMCACHED_SUCCESS;
-    }
+    switch (rc) {
 
-    return rc;
+    case MEMCACHED_SUCCESS:
+    case MEMCACHED_NOTSTORED:
+    case MEMCACHED_DATA_EXISTS:
+    case MEMCACHED_NOTFOUND:
+        return NULL;
+
+    default:
+        return memcached_strerror(NULL, rc);
+    }
 }
 
 
@@ -720,8 +667,9 @@ ngx_http_optout_store_add_thread(void *data, ngx_log_t *log)
 {
     ngx_http_optout_add_ctx_t *ctx = data;
 
-    ctx->rc = ngx_http_optout_store_write(ctx->store, ctx->key, ctx->key_len,
-                                          ctx->value, ctx->value_len);
+    ctx->error = ngx_http_optout_store_apply(ctx->store, 0, ctx->key,
+                                             ctx->key_len, ctx->value,
+                                             ctx->value_len);
 }
 
 
@@ -734,13 +682,10 @@ ngx_http_optout_store_add_done(ngx_event_t *ev)
 
     w = ctx->waiter;
 
-    if (ctx->rc != MEMCACHED_SUCCESS) {
+    if (ctx->error) {
         ngx_log_error(NGX_LOG_ERR, ctx->store->log, 0,
-                      "optout: memcached add failed: %s, will retry",
-                      memcached_strerror(NULL, ctx->rc));
-
-        ngx_http_optout_store_retry_push(ctx->store, ctx->key, ctx->key_len,
-                                         ctx->value, ctx->value_len);
+                      "optout: memcached add failed: %s; the journal "
+                      "applier will write it", ctx->error);
         w->rc = NGX_DECLINED;
 
     } else {
@@ -748,155 +693,6 @@ ngx_http_optout_store_add_done(ngx_event_t *ev)
     }
 
     w->handler(w);
-}
-
-
-static void
-ngx_http_optout_store_retry_push(ngx_http_optout_store_t *store, u_char *key,
-    size_t key_len, u_char *value, size_t value_len)
-{
-    ngx_http_optout_retry_t  *item;
-
-    if (store->nretry >= NGX_HTTP_OPTOUT_RETRY_MAX) {
-        ngx_log_error(NGX_LOG_ERR, store->log, 0,
-                      "optout: retry queue full, opt-out left to "
-                      "\"optoutctl replay\" of the journal");
-        return;
-    }
-
-    item = ngx_alloc(sizeof(ngx_http_optout_retry_t), store->log);
-    if (item == NULL) {
-        return;
-    }
-
-    item->key_len = key_len;
-    item->value_len = value_len;
-    ngx_memcpy(item->key, key, key_len);
-    ngx_memcpy(item->value, value, value_len);
-
-    ngx_queue_insert_tail(&store->retry, &item->queue);
-    store->nretry++;
-
-    if (!store->retry_event.timer_set && !store->retry_busy) {
-        ngx_add_timer(&store->retry_event, store->retry_delay);
-    }
-}
-
-
-static void
-ngx_http_optout_store_retry_handler(ngx_event_t *ev)
-{
-    ngx_http_optout_store_t *store = ev->data;
-
-    ngx_uint_t                    n;
-    ngx_queue_t                  *q;
-    ngx_http_optout_retry_ctx_t  *ctx;
-
-    if (store->retry_busy || ngx_queue_empty(&store->retry)) {
-        return;
-    }
-
-    ctx = store->retry_task->ctx;
-    ctx->store = store;
-    ctx->stored = 0;
-    ngx_queue_init(&ctx->batch);
-
-    /* the thread owns the batch, the event loop keeps the rest */
-
-    for (n = 0; n < NGX_HTTP_OPTOUT_RETRY_BATCH; n++) {
-        if (ngx_queue_empty(&store->retry)) {
-            break;
-        }
-
-        q = ngx_queue_head(&store->retry);
-        ngx_queue_remove(q);
-        ngx_queue_insert_tail(&ctx->batch, q);
-    }
-
-    if (ngx_thread_task_post(store->thread_pool, store->retry_task)
-        != NGX_OK)
-    {
-        ngx_queue_add(&store->retry, &ctx->batch);
-        ngx_add_timer(&store->retry_event, store->retry_delay);
-        return;
-    }
-
-    store->retry_busy = 1;
-}
-
-
-static void
-ngx_http_optout_store_retry_thread(void *data, ngx_log_t *log)
-{
-    ngx_http_optout_retry_ctx_t *ctx = data;
-
-    ngx_queue_t              *q, *next;
-    memcached_return_t        rc;
-    ngx_http_optout_retry_t  *item;
-
-    rc = MEMCACHED_SUCCESS;
-
-    for (q = ngx_queue_head(&ctx->batch);
-         q != ngx_queue_sentinel(&ctx->batch);
-         q = next)
-    {
-        next = ngx_queue_next(q);
-        item = ngx_queue_data(q, ngx_http_optout_retry_t, queue);
-
-        rc = ngx_http_optout_store_write(ctx->store, item->key,
-                                         item->key_len, item->value,
-                                         item->value_len);
-        if (rc != MEMCACHED_SUCCESS) {
-            break;
-        }
-
-        ngx_queue_remove(q);
-        ngx_free(item);
-        ctx->stored++;
-    }
-
-    ctx->rc = rc;
-}
-
-
-static void
-ngx_http_optout_store_retry_done(ngx_event_t *ev)
-{
-    ngx_http_optout_store_t *store = ev->data;
-
-    ngx_uint_t                    failed;
-    ngx_http_optout_retry_ctx_t  *ctx;
-
-    ctx = store->retry_task->ctx;
-
-    store->retry_busy = 0;
-    store->nretry -= ctx->stored;
-
-    if (ctx->stored) {
-        ngx_log_error(NGX_LOG_NOTICE, store->log, 0,
-                      "optout: %ui delayed opt-outs written to memcached, "
-                      "%ui left", ctx->stored, store->nretry);
-    }
-
-    failed = !ngx_queue_empty(&ctx->batch);
-
-    if (failed) {
-        /* keep the order: the failed remainder goes back to the front */
-        ngx_queue_add(&ctx->batch, &store->retry);
-        ngx_queue_init(&store->retry);
-        ngx_queue_add(&store->retry, &ctx->batch);
-        ngx_queue_init(&ctx->batch);
-
-        store->retry_delay = ngx_min(store->retry_delay * 2,
-                                     NGX_HTTP_OPTOUT_RETRY_BACKOFF);
-
-    } else {
-        store->retry_delay = NGX_HTTP_OPTOUT_RETRY_MIN;
-    }
-
-    if (!ngx_queue_empty(&store->retry) && !store->retry_event.timer_set) {
-        ngx_add_timer(&store->retry_event, failed ? store->retry_delay : 1);
-    }
 }
 
 

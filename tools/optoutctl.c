@@ -16,7 +16,6 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
-#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,10 +28,10 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
-#include <jansson.h>
 #include <libmemcached/memcached.h>
 
 #include "optout_core.h"
+#include "optout_journal.h"
 #include "optout_memcached.h"
 
 
@@ -1410,271 +1409,72 @@ done:
 
 /* replay */
 
-static const char *
-octl_json_string(json_t *obj, const char *name, size_t *len)
-{
-    json_t  *v;
-
-    v = json_object_get(obj, name);
-
-    if (v == NULL || !json_is_string(v)) {
-        return NULL;
-    }
-
-    *len = json_string_length(v);
-
-    return json_string_value(v);
-}
-
-
-static octl_replay_rc_e
-octl_replay_skip(octl_replay_t *ctx, const char *fmt, ...)
-{
-    va_list  args;
-
-    va_start(args, fmt);
-    vsnprintf(ctx->reason, sizeof(ctx->reason), fmt, args);
-    va_end(args);
-
-    return OCTL_REPLAY_SKIPPED;
-}
-
-
 static octl_replay_rc_e
 octl_replay_line(octl_replay_t *ctx, const char *line, size_t line_len)
 {
-    int                  source, channel, rc;
-    char                 key[OPTOUT_STORE_KEY_MAX + 1];
-    char                 value[OPTOUT_VALUE_MAX + 1];
-    char                 sender_buf[OPTOUT_SENDER_MAX + 1];
-    double               t;
-    json_t              *root, *v;
-    size_t               len, ns_len, sender_len, key_len, value_len;
-    uint64_t             campaign;
-    json_int_t           kid;
-    const char          *s, *ns, *action;
-    optout_rule_t        rule;
-    optout_dest_t        dest;
-    json_error_t         jerr;
-    memcached_return_t   mrc;
-    octl_replay_rc_e     ret;
+    int                      rc;
+    char                     key[OPTOUT_STORE_KEY_MAX + 1];
+    char                     value[OPTOUT_VALUE_MAX + 1];
+    size_t                   key_len, value_len;
+    memcached_return_t       mrc;
+    optout_journal_entry_t   e;
 
-    root = json_loadb(line, line_len, JSON_REJECT_DUPLICATES, &jerr);
-
-    if (root == NULL) {
-        return octl_replay_skip(ctx, "not valid JSON: %s", jerr.text);
+    if (optout_journal_parse(line, line_len, &e, ctx->reason,
+                             sizeof(ctx->reason))
+        != OPTOUT_OK)
+    {
+        return OCTL_REPLAY_SKIPPED;
     }
 
-    if (!json_is_object(root)) {
-        ret = octl_replay_skip(ctx, "not a JSON object");
-        goto done;
-    }
-
-    action = octl_json_string(root, "action", &len);
-
-    if (action == NULL) {
-        ret = octl_replay_skip(ctx, "missing \"action\"");
-        goto done;
-    }
-
-    if (strcmp(action, "optout") != 0 && strcmp(action, "optin") != 0) {
-        ret = octl_replay_skip(ctx, "unknown action \"%.32s\"", action);
-        goto done;
-    }
-
-    v = json_object_get(root, "t");
-
-    if (v == NULL || !json_is_number(v)) {
-        ret = octl_replay_skip(ctx, "missing or invalid \"t\"");
-        goto done;
-    }
-
-    t = json_number_value(v);
-
-    if (!isfinite(t) || t < 0 || t >= 9.2e18) {
-        ret = octl_replay_skip(ctx, "invalid \"t\"");
-        goto done;
-    }
-
-    ns = octl_json_string(root, "ns", &ns_len);
-
-    if (ns == NULL) {
-        ret = octl_replay_skip(ctx, "missing \"ns\"");
-        goto done;
-    }
-
-    if (ns_len > 0 && optout_check_namespace(ns, ns_len) != OPTOUT_OK) {
-        ret = octl_replay_skip(ctx, "invalid \"ns\"");
-        goto done;
-    }
-
-    s = octl_json_string(root, "dest", &len);
-
-    if (s == NULL) {
-        ret = octl_replay_skip(ctx, "missing \"dest\"");
-        goto done;
-    }
-
-    if (optout_normalize_dest(s, len, &dest) != OPTOUT_OK) {
-        ret = octl_replay_skip(ctx, "invalid \"dest\"");
-        goto done;
-    }
-
-    s = octl_json_string(root, "scope", &len);
-
-    if (s == NULL) {
-        ret = octl_replay_skip(ctx, "missing \"scope\"");
-        goto done;
-    }
-
-    sender_len = 0;
-
-    if (strcmp(s, "sender") == 0) {
-        s = octl_json_string(root, "sender", &len);
-
-        if (s == NULL) {
-            ret = octl_replay_skip(ctx, "missing \"sender\"");
-            goto done;
-        }
-
-        if (optout_normalize_sender(s, len, sender_buf, &sender_len)
-            != OPTOUT_OK || sender_len == 0)
-        {
-            ret = octl_replay_skip(ctx, "invalid \"sender\"");
-            goto done;
-        }
-
-    } else if (strcmp(s, "account") != 0) {
-        ret = octl_replay_skip(ctx, "invalid \"scope\"");
-        goto done;
-    }
-
-    rc = optout_store_key(ctx->mac, ctx->prefix, ctx->prefix_len, ns, ns_len,
-                          sender_len ? sender_buf : NULL, sender_len, &dest,
-                          key, &key_len);
+    rc = optout_journal_key(&e, ctx->mac, ctx->prefix, ctx->prefix_len, key,
+                            &key_len);
 
     if (rc != OPTOUT_OK) {
-        ret = octl_replay_skip(ctx, "cannot compute the store key: %s",
-                               optout_strerror(rc));
-        goto done;
+        snprintf(ctx->reason, sizeof(ctx->reason),
+                 "cannot compute the store key: %s", optout_strerror(rc));
+        return OCTL_REPLAY_SKIPPED;
     }
 
-    if (action[3] == 'i') {
-
-        /* "optin" */
-
+    if (e.optin) {
         mrc = memcached_delete(ctx->memc, key, key_len, 0);
 
         if (mrc == MEMCACHED_SUCCESS) {
-            ret = OCTL_REPLAY_DELETED;
-
-        } else if (mrc == MEMCACHED_NOTFOUND) {
-            ret = OCTL_REPLAY_ABSENT;
-
-        } else {
-            snprintf(ctx->reason, sizeof(ctx->reason),
-                     "memcached delete failed: %s",
-                     octl_memc_error(ctx->memc, mrc));
-            ret = OCTL_REPLAY_FATAL;
+            return OCTL_REPLAY_DELETED;
         }
 
-        goto done;
-    }
-
-    /* "optout" */
-
-    v = json_object_get(root, "campaign");
-
-    if (v != NULL && json_is_string(v)) {
-        rc = octl_parse_u64(json_string_value(v), json_string_length(v),
-                            &campaign);
-
-    } else if (v != NULL && json_is_integer(v) && json_integer_value(v) >= 0)
-    {
-        campaign = (uint64_t) json_integer_value(v);
-        rc = 0;
-
-    } else {
-        rc = -1;
-    }
-
-    if (rc != 0) {
-        ret = octl_replay_skip(ctx, "missing or invalid \"campaign\"");
-        goto done;
-    }
-
-    s = octl_json_string(root, "source", &len);
-    source = (s != NULL) ? optout_source_parse(s, len) : -1;
-
-    if (source < 0) {
-        ret = octl_replay_skip(ctx, "missing or invalid \"source\"");
-        goto done;
-    }
-
-    s = octl_json_string(root, "channel", &len);
-    channel = -1;
-
-    if (s != NULL) {
-        if (strcmp(s, optout_channel_name(OPTOUT_DEST_PHONE)) == 0) {
-            channel = OPTOUT_DEST_PHONE;
-
-        } else if (strcmp(s, optout_channel_name(OPTOUT_DEST_EMAIL)) == 0) {
-            channel = OPTOUT_DEST_EMAIL;
+        if (mrc == MEMCACHED_NOTFOUND) {
+            return OCTL_REPLAY_ABSENT;
         }
+
+        snprintf(ctx->reason, sizeof(ctx->reason),
+                 "memcached delete failed: %s",
+                 octl_memc_error(ctx->memc, mrc));
+
+        return OCTL_REPLAY_FATAL;
     }
 
-    if (channel < 0) {
-        ret = octl_replay_skip(ctx, "missing or invalid \"channel\"");
-        goto done;
-    }
-
-    v = json_object_get(root, "kid");
-
-    if (v == NULL || !json_is_integer(v)) {
-        ret = octl_replay_skip(ctx, "missing or invalid \"kid\"");
-        goto done;
-    }
-
-    kid = json_integer_value(v);
-
-    if (kid < 0 || kid > OPTOUT_KEY_ID_MAX) {
-        ret = octl_replay_skip(ctx, "invalid \"kid\"");
-        goto done;
-    }
-
-    rule.campaign = campaign;
-    rule.time = (int64_t) t;
-    rule.source = (unsigned) source;
-    rule.channel = (unsigned) channel;
-    rule.key_id = (unsigned) kid;
-
-    value_len = optout_rule_format(&rule, value);
+    value_len = optout_rule_format(&e.rule, value);
 
     if (value_len == 0 || value_len > OPTOUT_VALUE_MAX) {
-        ret = octl_replay_skip(ctx, "cannot format the rule value");
-        goto done;
+        snprintf(ctx->reason, sizeof(ctx->reason),
+                 "cannot format the rule value");
+        return OCTL_REPLAY_SKIPPED;
     }
 
     mrc = memcached_add(ctx->memc, key, key_len, value, value_len, 0, 0);
 
     if (mrc == MEMCACHED_SUCCESS) {
-        ret = OCTL_REPLAY_ADDED;
-
-    } else if (mrc == MEMCACHED_NOTSTORED || mrc == MEMCACHED_DATA_EXISTS) {
-        ret = OCTL_REPLAY_PRESENT;
-
-    } else {
-        snprintf(ctx->reason, sizeof(ctx->reason),
-                 "memcached add failed: %s",
-                 octl_memc_error(ctx->memc, mrc));
-        ret = OCTL_REPLAY_FATAL;
+        return OCTL_REPLAY_ADDED;
     }
 
-done:
+    if (mrc == MEMCACHED_NOTSTORED || mrc == MEMCACHED_DATA_EXISTS) {
+        return OCTL_REPLAY_PRESENT;
+    }
 
-    json_decref(root);
+    snprintf(ctx->reason, sizeof(ctx->reason), "memcached add failed: %s",
+             octl_memc_error(ctx->memc, mrc));
 
-    return ret;
+    return OCTL_REPLAY_FATAL;
 }
 
 
