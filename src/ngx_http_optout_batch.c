@@ -216,6 +216,7 @@ ngx_http_optout_batch_init(ngx_http_request_t *r,
     olcf = ngx_http_get_module_loc_conf(r, ngx_http_optout_module);
 
     bc->store = omcf->store;
+    bc->pending = omcf->pending;
     bc->prefix = omcf->store_prefix;
     bc->open = (olcf->check_fail == NGX_HTTP_OPTOUT_FAIL_OPEN);
 

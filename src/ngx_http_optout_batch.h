@@ -91,6 +91,7 @@ typedef struct {
     ngx_http_request_t              *request;
     ngx_thread_task_t               *task;
     ngx_http_optout_store_t         *store;
+    ngx_http_optout_pending_t       *pending;
     optout_mac_t                    *mac;
     ngx_str_t                        prefix;
     ngx_str_t                        ns;

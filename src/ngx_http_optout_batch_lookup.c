@@ -25,9 +25,9 @@ static ngx_int_t ngx_http_optout_batch_keys(ngx_http_optout_batch_ctx_t *bc,
     ngx_http_optout_batch_keys_t *k);
 static ngx_int_t ngx_http_optout_batch_mget(ngx_http_optout_batch_ctx_t *bc,
     ngx_http_optout_batch_keys_t *k);
-static void ngx_http_optout_batch_verdict(ngx_http_optout_batch_ctx_t *bc,
-    ngx_http_optout_batch_dest_t *d, u_char *found, optout_rule_t *rules,
-    ngx_uint_t per);
+static ngx_int_t ngx_http_optout_batch_verdict(
+    ngx_http_optout_batch_ctx_t *bc, ngx_http_optout_batch_dest_t *d,
+    ngx_http_optout_batch_keys_t *k, ngx_uint_t key);
 static void ngx_http_optout_batch_keys_free(ngx_http_optout_batch_keys_t *k);
 
 
@@ -75,8 +75,18 @@ ngx_http_optout_batch_lookup(ngx_http_optout_batch_ctx_t *bc,
             continue;
         }
 
-        ngx_http_optout_batch_verdict(bc, &dests[i], &k.found[key],
-                                      &k.rules[key], k.per);
+        if (ngx_http_optout_batch_verdict(bc, &dests[i], &k, key)
+            != NGX_OK)
+        {
+            ngx_http_optout_batch_fail(bc, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                       "40301", "Opt-out store unavailable",
+                                       "Too many opt-outs recorded on this "
+                                       "node are not yet known to be in "
+                                       "memcached; sending is denied until "
+                                       "they are.");
+            goto failed;
+        }
+
         key += k.per;
     }
 
@@ -206,26 +216,56 @@ ngx_http_optout_batch_mget(ngx_http_optout_batch_ctx_t *bc,
 
 /*
  * The final verdict of one valid destination from its keys' results: the
- * account-wide rule first, then the sender's.
+ * account-wide rule first, then the sender's; then an opt-out recorded on
+ * this node that memcached may not have yet.  NGX_BUSY: that set
+ * overflowed and cannot tell, the destination cannot be answered allowed.
  */
 
-static void
+static ngx_int_t
 ngx_http_optout_batch_verdict(ngx_http_optout_batch_ctx_t *bc,
-    ngx_http_optout_batch_dest_t *d, u_char *found, optout_rule_t *rules,
-    ngx_uint_t per)
+    ngx_http_optout_batch_dest_t *d, ngx_http_optout_batch_keys_t *k,
+    ngx_uint_t key)
 {
+    ngx_int_t   rc, busy;
     ngx_uint_t  s;
 
-    for (s = 0; s < per; s++) {
-        if (found[s]) {
+    for (s = 0; s < k->per; s++) {
+        if (k->found[key + s]) {
             d->status = NGX_HTTP_OPTOUT_STATUS_BLOCKED;
             d->scope = s ? "sender" : "account";
-            d->rule = rules[s];
-            return;
+            d->rule = k->rules[key + s];
+            return NGX_OK;
         }
     }
 
+    busy = 0;
+
+    for (s = 0; s < k->per; s++) {
+        rc = ngx_http_optout_pending_find(bc->pending,
+                                          (u_char *) k->keys[key + s],
+                                          k->lens[key + s], &d->rule);
+        if (rc == NGX_OK) {
+            d->status = NGX_HTTP_OPTOUT_STATUS_BLOCKED;
+            d->scope = s ? "sender" : "account";
+            return NGX_OK;
+        }
+
+        if (rc == NGX_BUSY) {
+            busy = 1;
+        }
+    }
+
+    if (busy && !bc->open) {
+        return NGX_BUSY;
+    }
+
+    if (busy) {
+        bc->unverified = 1;
+    }
+
     d->status = NGX_HTTP_OPTOUT_STATUS_ALLOWED;
+
+    return NGX_OK;
 }
 
 

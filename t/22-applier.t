@@ -6,8 +6,9 @@
 # a full restart; meanwhile this node's check answers exactly "blocked"
 # (40300) for it, without and with optout_cache.  The lag is logged at
 # [error].  More pending opt-outs than the pending set holds make checks
-# fail closed until the applier has caught up.  A frozen memcached would still execute the writes waiting in
-# its socket buffers when thawed, so it is killed (SIGKILL while stopped)
+# fail closed until the applier has caught up.  Batch checks consult the
+# same pending set.  A frozen memcached would still execute the writes
+# waiting in its socket buffers when thawed, so it is killed (SIGKILL while stopped)
 # and started again empty instead: only the journal applier can bring the
 # rule back.
 
@@ -28,7 +29,8 @@ my $JSON = JSON::PP->new->utf8;
 
 my $t = OptoutTest->new(workers => 2);
 
-my $CHECK = 'location = /check { optout_check; }';
+my $CHECK = 'location = /check { optout_check; } '
+    . 'location = /check-open { optout_check; optout_check_fail open; }';
 my $CACHE = 'optout_cache zone=ck:1m blocked=0 allowed=10m;';
 
 $t->setup(server => $CHECK);
@@ -45,6 +47,19 @@ sub check_code {
         $code = $j ? $j->{errors}[0]{code} // '' : 'not JSON';
     }
     return "$r->{status} $code " . ($r->{headers}{'x-optout-campaign'} // '-');
+}
+
+# a batch check: "status code|blocked dest:campaign,...|allowed|unverified"
+sub batch {
+    my ($loc, @dests) = @_;
+    my $r = $t->post($loc, join("\n", @dests) . "\n",
+                     'Content-Type' => 'text/plain');
+    my $j = eval { $JSON->decode($r->{content}) } || {};
+    my $code = $j->{errors} ? $j->{errors}[0]{code} // '' : '';
+    my $bl = join ',', sort map { "$_->{destination}:$_->{campaign}" }
+                            @{ $j->{blocked} || [] };
+    return join '|', "$r->{status} $code", $bl, $j->{allowed} // '-',
+                     $j->{unverified} ? 'unverified' : '-';
 }
 
 sub wait_rule {
@@ -123,6 +138,8 @@ is(click($D1, 101), 200, 'click while memcached is frozen: 200');
 is(scalar $t->journal_for($D1), 1, 'its journal line');
 is(check_code($D1), '403 40300 101',
    'check: blocked (40300), memcached frozen');
+is(batch('/check-open', $D1, $D2), "200 |$D1:101|1|unverified",
+   'batch, failing open while memcached is frozen: still blocked');
 
 ok($t->reload(10), 'reload while memcached is frozen');
 is(check_code($D1), '403 40300 101', 'check after the reload: blocked');
@@ -272,13 +289,19 @@ ok($t->mc_set('optout:marker:0', '1 ' . int time), 'marker set again');
 my $key = $t->skey(dest => $X);
 my (%seen, $v);
 my $deadline = time + 60;
+my %bseen;
 until (defined($v = $t->mc_get($key)) || time > $deadline) {
     $seen{ check_code($X) }++;
+    $bseen{ batch('/check', $X) }++;
 }
 like($v // '', qr/^1 8 \d+ link sms 1$/, 'its rule reaches memcached');
 is(join(',', grep { !/^403 4030[01] / } sort keys %seen), '',
    'meanwhile its checks never answered "allowed"')
     or diag explain \%seen;
+is(join(',', grep { !/^(?:503 40301\|\|-\|-|200 \|\Q$X\E:8\|0\|-)$/ }
+                 sort keys %bseen), '',
+   'nor did its batch checks (503 40301, or blocked from memcached)')
+    or diag explain \%bseen;
 
 $deadline = time + 30;
 sleep 0.25 until $t->error_log =~ /\[notice\].*journal applier caught up/
