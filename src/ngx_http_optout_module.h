@@ -66,7 +66,7 @@ struct ngx_http_optout_waiter_s {
  */
 struct ngx_http_optout_lookup_s {
     ngx_queue_t                  queue;
-    void                        *batch;
+    void                        *mget;
     ngx_uint_t                   nkeys;
     u_char                      *key[NGX_HTTP_OPTOUT_LOOKUP_KEYS];
     size_t                       key_len[NGX_HTTP_OPTOUT_LOOKUP_KEYS];

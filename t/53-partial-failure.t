@@ -6,9 +6,11 @@
 # with optout_check_timeout longer and shorter than optout_store_timeout.
 # A destination whose rule lives on the faulty server is never answered
 # "allowed": single checks answer 403 40301 (fail closed) or 204
-# "unverified" (fail open), batches 503 40301 or 200 "unverified"; a fault
-# after the marker, when the rule has arrived, answers the rule.  A
-# destination whose keys live on healthy servers keeps its true answer.
+# "unverified" (fail open), batches 503 40301 or 200 "unverified"; a cut
+# (FIN) after the marker, when the rule has arrived, answers the rule.  (A
+# reset there is left out: the client's kernel may drop what it has not
+# read yet, so either answer is right.)  A destination whose keys live on
+# healthy servers keeps its true answer.
 
 use strict;
 use warnings;
@@ -27,7 +29,7 @@ plan skip_all => 'build/optoutctl is not built'
 
 my $JSON = JSON::PP->new->utf8->canonical;
 my $REPS = $ENV{OPTOUT_FAULT_REPS} || 20;      # a 1-in-5 fault shows up
-my $STALL_REPS = 6;
+my $STALL_REPS = 4;
 
 # store timeout 500 ms; /c-long and /o-long wait 3 s, /c-short and
 # /o-short 200 ms
@@ -192,8 +194,6 @@ sub run {
         ['reset inside the rule', 'cut', re => $vk, at => 'end', plus => 3,
          how => 'reset'],
         ['cut after the marker', 'cut', re => $marker, at => 'end'],
-        ['reset after the marker', 'cut', re => $marker, at => 'end',
-         how => 'reset'],
         ['stall before the rule', 'stall', re => 'VALUE ' . quotemeta($kd)
          . ' ', secs => 2],
     );
