@@ -161,11 +161,13 @@ ngx_http_optout_store_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_optout_main_conf_t *omcf = conf;
 
-    char        err[256];
-    u_char     *p;
-    size_t      len;
-    ngx_str_t  *value;
-    ngx_uint_t  i;
+    char           err[256];
+    u_char        *p;
+    size_t         len;
+    uint64_t       replicas;
+    ngx_str_t     *value;
+    ngx_uint_t     i;
+    memcached_st  *mc;
 
     if (omcf->store_conf.len) {
         return "is duplicate";
@@ -211,6 +213,24 @@ ngx_http_optout_store_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
                            "invalid libmemcached configuration \"%V\" "
                            "in \"%V\": %s", &omcf->store_conf, &cmd->name,
                            err);
+        return NGX_CONF_ERROR;
+    }
+
+    mc = memcached((char *) omcf->store_conf.data, omcf->store_conf.len);
+    if (mc == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    replicas = memcached_behavior_get(mc,
+                                      MEMCACHED_BEHAVIOR_NUMBER_OF_REPLICAS);
+    memcached_free(mc);
+
+    /* a replica answers for another server's keys: no marker vouches */
+
+    if (replicas) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"--NUMBER-OF-REPLICAS\" is not supported "
+                           "in \"%V\"", &cmd->name);
         return NGX_CONF_ERROR;
     }
 
@@ -640,13 +660,13 @@ ngx_http_optout_mget(ngx_http_optout_store_t *store,
     memcached_st        *mc;
     memcached_return_t   rc;
 
+    mg->nkeys = mg->total;
+
     mc = memcached_pool_fetch(store->pool, &store->wait, &rc);
     if (mc == NULL) {
         mg->rc = (rc == MEMCACHED_SUCCESS) ? MEMCACHED_FAILURE : rc;
         return;
     }
-
-    mg->nkeys = mg->total;
 
     for (i = 0; i < store->markers.n; i++) {
         marker[i] = NGX_CONF_UNSET_UINT;
@@ -657,7 +677,10 @@ ngx_http_optout_mget(ngx_http_optout_store_t *store,
         mg->server[i] = s;
 
         if (s < store->markers.n && marker[s] == NGX_CONF_UNSET_UINT) {
-            /* room for every marker is kept by the callers */
+            /*
+             * the callers keep room for the markers; a server without its
+             * marker in the request leaves its keys unanswered anyway
+             */
             (void) ngx_http_optout_mget_add(mg, store->markers.key[s],
                                             store->markers.len[s],
                                             &marker[s]);

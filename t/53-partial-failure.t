@@ -42,6 +42,20 @@ my $LOCATIONS = <<'EOF';
                               optout_check_fail open; }
 EOF
 
+# a replica answers for another server's keys: refused
+{
+    my $t = OptoutTest->new;
+    $t->setup(no_start => 1, omit => { optout_store => 1 },
+              http => 'optout_store "--SERVER=127.0.0.1:%%MC%% '
+                      . '--SERVER=127.0.0.1:1 --NUMBER-OF-REPLICAS=1";');
+    my ($rc, $out) = $t->nginx_test;
+    isnt($rc, 0, 'replicas: nginx -t fails');
+    my $msg = '"--NUMBER-OF-REPLICAS" is not supported in "optout_store"';
+    like($out, qr/\[emerg\] \d+#\d+: \Q$msg\E/,
+         'replicas: the message names the option') or diag $out;
+    $t->memcached_stop;
+}
+
 for my $nservers (2, 3) {
     run($nservers);
 }
