@@ -192,7 +192,10 @@ sub _run {
                 }
 
             } else {
-                my $c = $conn{fileno $fh} or next;
+                # closed earlier in this round along with its peer
+                my $fd = fileno $fh;
+                next unless defined $fd;
+                my $c = $conn{$fd} or next;
                 my $buf = '';
                 my $n = sysread $fh, $buf, 65536;
                 next if !defined $n && ($! == EINTR || $! == EAGAIN);
