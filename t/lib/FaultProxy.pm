@@ -34,6 +34,9 @@ package FaultProxy;
 # Until a point is found, complete replies pass and a memcached text
 # protocol VALUE block that has not fully arrived is held back, so that a
 # regexp sees whole VALUE blocks ("VALUE key flags len\r\ndata\r\n").
+# That is the text protocol: binary replies wait there for good, so use
+# bytes => N (bytes => 0 stalls or cuts a reply from its start) or swallow
+# with the binary protocol.
 #
 # set() returns once the proxy applies the mode: requests sent after it
 # meet the new mode.  Switching mode releases every stalled connection.
