@@ -63,12 +63,14 @@ struct ngx_http_optout_waiter_s {
 
 /*
  * A lookup of the rules of one destination (account-wide and per sender).
- * rc: NGX_OK, NGX_ERROR (memcached failed or timed out) or NGX_DECLINED
- * (a server that holds one of the keys lost its marker: not seeded).
+ * rc: NGX_OK when every server that holds one of the keys answered
+ * completely (its marker came back), NGX_ERROR when one did not after a
+ * failure (error, cut, timeout), NGX_DECLINED when one ended without its
+ * marker (not seeded).
  */
 struct ngx_http_optout_lookup_s {
     ngx_queue_t                  queue;
-    void                        *batch;
+    void                        *mget;
     ngx_uint_t                   nkeys;
     u_char                      *key[NGX_HTTP_OPTOUT_LOOKUP_KEYS];
     size_t                       key_len[NGX_HTTP_OPTOUT_LOOKUP_KEYS];

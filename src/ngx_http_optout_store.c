@@ -19,14 +19,41 @@
 #define NGX_HTTP_OPTOUT_MGET_KEYS      (OPTOUT_MARKERS_MAX + 510)
 #define NGX_HTTP_OPTOUT_MGET_HASH      2048
 #define NGX_HTTP_OPTOUT_INFLIGHT        1
-#define NGX_HTTP_OPTOUT_FREE_BATCHES    8
+#define NGX_HTTP_OPTOUT_FREE_MGETS      8
 
 
 /*
- * Lookups that arrive while others are in flight wait in one batch and
- * go to memcached together in one multi-get: the round trip is the cost.
- * The thread owns the batch's keys and results; the waiters stay on the
- * event loop, so a request may leave a batch (timeout, close) at any time.
+ * One multi-get with markers: distinct keys, then the marker of each
+ * server that holds one of them.  libmemcached sends each server its keys
+ * in array order and memcached answers them in that order, printing
+ * nothing for a miss, so a server's marker is the last value it returns:
+ * once it came back, that server's answer for every key before it was
+ * complete.  A key is answered only if its server's marker came back in
+ * this very multi-get; libmemcached's end code alone proves nothing.
+ */
+
+typedef struct {
+    ngx_uint_t                   nkeys;     /* without the markers */
+    ngx_uint_t                   total;     /* with the markers */
+    ngx_uint_t                   max;
+    ngx_uint_t                   mask;      /* of hash[] */
+    const char                 **keys;
+    size_t                      *lens;
+    uint32_t                    *server;
+    u_char                      *found;
+    optout_rule_t               *rules;
+    uint32_t                    *hash;      /* key index + 1; 0: free */
+    char                        *data;      /* key copies, or NULL */
+    memcached_return_t           rc;        /* the first failure seen */
+    u_char                       answered[OPTOUT_MARKERS_MAX];
+} ngx_http_optout_mget_t;
+
+
+/*
+ * Lookups that arrive while others are in flight wait together and go
+ * to memcached in one multi-get: the round trip is the cost.  The thread
+ * owns the multi-get; the waiters stay on the event loop, so a request
+ * may leave (timeout, close) at any time.
  */
 
 typedef struct {
@@ -34,17 +61,16 @@ typedef struct {
     ngx_queue_t                  queue;
     ngx_http_optout_store_t     *store;
     ngx_queue_t                  waiters;
-    ngx_uint_t                   nkeys;
-    memcached_return_t           rc;
+    ngx_http_optout_mget_t       mget;
     const char                  *keys[NGX_HTTP_OPTOUT_MGET_KEYS];
     size_t                       lens[NGX_HTTP_OPTOUT_MGET_KEYS];
     uint32_t                     server[NGX_HTTP_OPTOUT_MGET_KEYS];
     u_char                       found[NGX_HTTP_OPTOUT_MGET_KEYS];
     optout_rule_t                rules[NGX_HTTP_OPTOUT_MGET_KEYS];
-    uint16_t                     hash[NGX_HTTP_OPTOUT_MGET_HASH];
+    uint32_t                     hash[NGX_HTTP_OPTOUT_MGET_HASH];
     char                         data[NGX_HTTP_OPTOUT_MGET_KEYS]
                                      [OPTOUT_STORE_KEY_MAX + 1];
-} ngx_http_optout_mget_t;
+} ngx_http_optout_shared_t;
 
 
 struct ngx_http_optout_store_s {
@@ -55,9 +81,9 @@ struct ngx_http_optout_store_s {
     struct timespec              wait;
 
     optout_markers_t             markers;
-    ngx_http_optout_mget_t     *filling;
+    ngx_http_optout_shared_t    *filling;
     ngx_uint_t                   inflight;
-    ngx_queue_t                  free_batches;
+    ngx_queue_t                  free_mgets;
     ngx_uint_t                   nfree;
 };
 
@@ -73,14 +99,22 @@ typedef struct {
 } ngx_http_optout_add_ctx_t;
 
 
-static ngx_http_optout_mget_t *ngx_http_optout_mget_get(
+static ngx_http_optout_shared_t *ngx_http_optout_shared_get(
     ngx_http_optout_store_t *store);
-static ngx_int_t ngx_http_optout_mget_add(ngx_http_optout_mget_t *b,
-    u_char *key, size_t len, ngx_uint_t *index);
-static ngx_uint_t ngx_http_optout_mget_hash(const char *key, size_t len);
-static void ngx_http_optout_mget_post(ngx_http_optout_mget_t *b);
-static void ngx_http_optout_mget_thread(void *data, ngx_log_t *log);
-static void ngx_http_optout_mget_done(ngx_event_t *ev);
+static void ngx_http_optout_shared_post(ngx_http_optout_shared_t *sh);
+static void ngx_http_optout_shared_thread(void *data, ngx_log_t *log);
+static void ngx_http_optout_shared_done(ngx_event_t *ev);
+static void ngx_http_optout_mget_init(ngx_http_optout_mget_t *mg);
+static ngx_int_t ngx_http_optout_mget_add(ngx_http_optout_mget_t *mg,
+    const char *key, size_t len, ngx_uint_t *index);
+static ngx_uint_t ngx_http_optout_mget_find(ngx_http_optout_mget_t *mg,
+    const char *key, size_t len);
+static void ngx_http_optout_mget(ngx_http_optout_store_t *store,
+    ngx_http_optout_mget_t *mg);
+static void ngx_http_optout_mget_fetch(memcached_st *mc,
+    ngx_http_optout_mget_t *mg);
+static ngx_int_t ngx_http_optout_mget_answer(ngx_http_optout_mget_t *mg,
+    ngx_uint_t i);
 static void ngx_http_optout_store_add_thread(void *data, ngx_log_t *log);
 static void ngx_http_optout_store_add_done(ngx_event_t *ev);
 
@@ -90,11 +124,13 @@ ngx_http_optout_store_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_optout_main_conf_t *omcf = conf;
 
-    char        err[256];
-    u_char     *p;
-    size_t      len;
-    ngx_str_t  *value;
-    ngx_uint_t  i;
+    char           err[256];
+    u_char        *p;
+    size_t         len;
+    uint64_t       replicas;
+    ngx_str_t     *value;
+    ngx_uint_t     i;
+    memcached_st  *mc;
 
     if (omcf->store_conf.len) {
         return "is duplicate";
@@ -140,6 +176,24 @@ ngx_http_optout_store_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
                            "invalid libmemcached configuration \"%V\" "
                            "in \"%V\": %s", &omcf->store_conf, &cmd->name,
                            err);
+        return NGX_CONF_ERROR;
+    }
+
+    mc = memcached((char *) omcf->store_conf.data, omcf->store_conf.len);
+    if (mc == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    replicas = memcached_behavior_get(mc,
+                                      MEMCACHED_BEHAVIOR_NUMBER_OF_REPLICAS);
+    memcached_free(mc);
+
+    /* a replica answers for another server's keys: no marker vouches */
+
+    if (replicas) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"--NUMBER-OF-REPLICAS\" is not supported "
+                           "in \"%V\"", &cmd->name);
         return NGX_CONF_ERROR;
     }
 
@@ -204,7 +258,7 @@ ngx_http_optout_store_init_worker(ngx_cycle_t *cycle,
     store->thread_pool = omcf->thread_pool;
     store->log = cycle->log;
 
-    ngx_queue_init(&store->free_batches);
+    ngx_queue_init(&store->free_mgets);
 
     omcf->store = store;
 
@@ -222,10 +276,10 @@ ngx_http_optout_store_exit_worker(ngx_cycle_t *cycle,
 
     store = omcf->store;
 
-    while (!ngx_queue_empty(&store->free_batches)) {
-        q = ngx_queue_head(&store->free_batches);
+    while (!ngx_queue_empty(&store->free_mgets)) {
+        q = ngx_queue_head(&store->free_mgets);
         ngx_queue_remove(q);
-        ngx_free(ngx_queue_data(q, ngx_http_optout_mget_t, queue));
+        ngx_free(ngx_queue_data(q, ngx_http_optout_shared_t, queue));
     }
 
     if (store->filling) {
@@ -245,40 +299,42 @@ ngx_int_t
 ngx_http_optout_store_lookup(ngx_http_optout_store_t *store,
     ngx_http_optout_lookup_t *lk)
 {
-    ngx_uint_t                i;
-    ngx_http_optout_mget_t  *b;
+    ngx_uint_t                 i;
+    ngx_http_optout_shared_t  *sh;
 
-    b = store->filling;
+    sh = store->filling;
 
-    if (b && b->nkeys + lk->nkeys > NGX_HTTP_OPTOUT_MGET_KEYS) {
+    if (sh && sh->mget.total + lk->nkeys + store->markers.n
+              > NGX_HTTP_OPTOUT_MGET_KEYS)
+    {
         /* full: it goes now, whatever is in flight */
-        ngx_http_optout_mget_post(b);
-        b = NULL;
+        ngx_http_optout_shared_post(sh);
+        sh = NULL;
     }
 
-    if (b == NULL) {
-        b = ngx_http_optout_mget_get(store);
-        if (b == NULL) {
+    if (sh == NULL) {
+        sh = ngx_http_optout_shared_get(store);
+        if (sh == NULL) {
             return NGX_ERROR;
         }
 
-        store->filling = b;
+        store->filling = sh;
     }
 
     for (i = 0; i < lk->nkeys; i++) {
-        if (ngx_http_optout_mget_add(b, lk->key[i], lk->key_len[i],
-                                      &lk->index[i])
+        if (ngx_http_optout_mget_add(&sh->mget, (char *) lk->key[i],
+                                     lk->key_len[i], &lk->index[i])
             != NGX_OK)
         {
             return NGX_ERROR;
         }
     }
 
-    ngx_queue_insert_tail(&b->waiters, &lk->queue);
-    lk->batch = b;
+    ngx_queue_insert_tail(&sh->waiters, &lk->queue);
+    lk->mget = sh;
 
     if (store->inflight < NGX_HTTP_OPTOUT_INFLIGHT) {
-        ngx_http_optout_mget_post(b);
+        ngx_http_optout_shared_post(sh);
     }
 
     return NGX_OK;
@@ -288,185 +344,343 @@ ngx_http_optout_store_lookup(ngx_http_optout_store_t *store,
 void
 ngx_http_optout_store_lookup_cancel(ngx_http_optout_lookup_t *lk)
 {
-    if (lk->batch) {
+    if (lk->mget) {
         ngx_queue_remove(&lk->queue);
-        lk->batch = NULL;
+        lk->mget = NULL;
     }
 }
 
 
-static ngx_http_optout_mget_t *
-ngx_http_optout_mget_get(ngx_http_optout_store_t *store)
+static ngx_http_optout_shared_t *
+ngx_http_optout_shared_get(ngx_http_optout_store_t *store)
 {
-    ngx_uint_t                i;
-    ngx_queue_t              *q;
-    ngx_http_optout_mget_t  *b;
+    ngx_queue_t               *q;
+    ngx_http_optout_mget_t    *mg;
+    ngx_http_optout_shared_t  *sh;
 
-    if (!ngx_queue_empty(&store->free_batches)) {
-        q = ngx_queue_head(&store->free_batches);
+    if (!ngx_queue_empty(&store->free_mgets)) {
+        q = ngx_queue_head(&store->free_mgets);
         ngx_queue_remove(q);
         store->nfree--;
-        b = ngx_queue_data(q, ngx_http_optout_mget_t, queue);
+        sh = ngx_queue_data(q, ngx_http_optout_shared_t, queue);
 
     } else {
-        b = ngx_alloc(sizeof(ngx_http_optout_mget_t), store->log);
-        if (b == NULL) {
+        sh = ngx_alloc(sizeof(ngx_http_optout_shared_t), store->log);
+        if (sh == NULL) {
             return NULL;
         }
 
-        ngx_memzero(&b->task, sizeof(ngx_thread_task_t));
+        ngx_memzero(&sh->task, sizeof(ngx_thread_task_t));
 
-        b->store = store;
-        b->task.ctx = b;
-        b->task.handler = ngx_http_optout_mget_thread;
-        b->task.event.handler = ngx_http_optout_mget_done;
-        b->task.event.data = b;
-        b->task.event.log = store->log;
+        sh->store = store;
+        sh->task.ctx = sh;
+        sh->task.handler = ngx_http_optout_shared_thread;
+        sh->task.event.handler = ngx_http_optout_shared_done;
+        sh->task.event.data = sh;
+        sh->task.event.log = store->log;
+
+        mg = &sh->mget;
+
+        mg->max = NGX_HTTP_OPTOUT_MGET_KEYS;
+        mg->mask = NGX_HTTP_OPTOUT_MGET_HASH - 1;
+        mg->keys = sh->keys;
+        mg->lens = sh->lens;
+        mg->server = sh->server;
+        mg->found = sh->found;
+        mg->rules = sh->rules;
+        mg->hash = sh->hash;
+        mg->data = &sh->data[0][0];
     }
 
-    ngx_queue_init(&b->waiters);
-    ngx_memzero(b->hash, sizeof(b->hash));
-    b->rc = MEMCACHED_SUCCESS;
-    b->nkeys = 0;
+    ngx_queue_init(&sh->waiters);
+    ngx_http_optout_mget_init(&sh->mget);
 
-    /* the markers come first: a server's marker precedes its keys */
-
-    for (i = 0; i < store->markers.n; i++) {
-        (void) ngx_http_optout_mget_add(b, (u_char *) store->markers.key[i],
-                                         store->markers.len[i], NULL);
-    }
-
-    return b;
-}
-
-
-static ngx_int_t
-ngx_http_optout_mget_add(ngx_http_optout_mget_t *b, u_char *key,
-    size_t len, ngx_uint_t *index)
-{
-    ngx_uint_t  h, i;
-
-    h = ngx_http_optout_mget_hash((char *) key, len);
-
-    /* linear probing; the table is at least twice the batch size */
-
-    for ( ;; ) {
-        i = b->hash[h];
-
-        if (i == 0) {
-            break;
-        }
-
-        i--;
-
-        if (b->lens[i] == len && ngx_memcmp(b->keys[i], key, len) == 0) {
-            if (index) {
-                *index = i;
-            }
-
-            return NGX_OK;
-        }
-
-        h = (h + 1) & (NGX_HTTP_OPTOUT_MGET_HASH - 1);
-    }
-
-    if (b->nkeys == NGX_HTTP_OPTOUT_MGET_KEYS
-        || len > OPTOUT_STORE_KEY_MAX)
-    {
-        return NGX_ERROR;
-    }
-
-    i = b->nkeys++;
-
-    ngx_memcpy(b->data[i], key, len);
-    b->data[i][len] = '\0';
-    b->keys[i] = b->data[i];
-    b->lens[i] = len;
-    b->found[i] = 0;
-    b->server[i] = memcached_generate_hash(b->store->master, b->keys[i],
-                                           len);
-    b->hash[h] = (uint16_t) (i + 1);
-
-    if (index) {
-        *index = i;
-    }
-
-    return NGX_OK;
-}
-
-
-static ngx_uint_t
-ngx_http_optout_mget_hash(const char *key, size_t len)
-{
-    uint32_t  h;
-
-    /* FNV-1a; keys end in hex digits of a keyed hash */
-
-    h = 2166136261u;
-
-    while (len--) {
-        h ^= (u_char) *key++;
-        h *= 16777619u;
-    }
-
-    return h & (NGX_HTTP_OPTOUT_MGET_HASH - 1);
+    return sh;
 }
 
 
 static void
-ngx_http_optout_mget_post(ngx_http_optout_mget_t *b)
+ngx_http_optout_shared_post(ngx_http_optout_shared_t *sh)
 {
     ngx_http_optout_store_t  *store;
 
-    store = b->store;
+    store = sh->store;
 
-    if (store->filling == b) {
+    if (store->filling == sh) {
         store->filling = NULL;
     }
 
     store->inflight++;
 
-    if (ngx_thread_task_post(store->thread_pool, &b->task) != NGX_OK) {
-        /* fails every lookup of the batch from the posted events */
-        b->rc = MEMCACHED_FAILURE;
-        ngx_post_event(&b->task.event, &ngx_posted_events);
+    if (ngx_thread_task_post(store->thread_pool, &sh->task) != NGX_OK) {
+        /* fails every lookup from the posted events */
+        sh->mget.rc = MEMCACHED_FAILURE;
+        ngx_post_event(&sh->task.event, &ngx_posted_events);
     }
 }
 
 
 static void
-ngx_http_optout_mget_thread(void *data, ngx_log_t *log)
+ngx_http_optout_shared_thread(void *data, ngx_log_t *log)
 {
-    ngx_http_optout_mget_t *b = data;
+    ngx_http_optout_shared_t *sh = data;
 
-    size_t                klen;
-    ngx_uint_t            h, i;
-    const char           *key;
-    memcached_st         *mc;
-    memcached_return_t    rc;
-    memcached_result_st   result, *res;
+    ngx_http_optout_mget(sh->store, &sh->mget);
+}
 
-    mc = memcached_pool_fetch(b->store->pool, &b->store->wait, &rc);
+
+static void
+ngx_http_optout_shared_done(ngx_event_t *ev)
+{
+    ngx_http_optout_shared_t *sh = ev->data;
+
+    ngx_int_t                  rc;
+    ngx_uint_t                 i, k;
+    ngx_queue_t               *q;
+    ngx_http_optout_mget_t    *mg;
+    ngx_http_optout_store_t   *store;
+    ngx_http_optout_lookup_t  *lk;
+
+    store = sh->store;
+    store->inflight--;
+
+    mg = &sh->mget;
+
+    if (mg->rc != MEMCACHED_SUCCESS) {
+        ngx_log_error(NGX_LOG_ERR, store->log, 0,
+                      "optout: memcached lookup failed: %s",
+                      memcached_strerror(NULL, mg->rc));
+    }
+
+    while (!ngx_queue_empty(&sh->waiters)) {
+        q = ngx_queue_head(&sh->waiters);
+        ngx_queue_remove(q);
+
+        lk = ngx_queue_data(q, ngx_http_optout_lookup_t, queue);
+        lk->mget = NULL;
+        lk->rc = NGX_OK;
+
+        for (k = 0; k < lk->nkeys; k++) {
+            i = lk->index[k];
+
+            rc = ngx_http_optout_mget_answer(mg, i);
+            if (rc != NGX_OK) {
+                lk->rc = rc;
+                break;
+            }
+
+            lk->found[k] = mg->found[i];
+
+            if (mg->found[i]) {
+                lk->rule[k] = mg->rules[i];
+            }
+        }
+
+        lk->handler(lk);
+    }
+
+    if (store->nfree < NGX_HTTP_OPTOUT_FREE_MGETS) {
+        ngx_queue_insert_tail(&store->free_mgets, &sh->queue);
+        store->nfree++;
+
+    } else {
+        ngx_free(sh);
+    }
+
+    if (store->filling && store->inflight < NGX_HTTP_OPTOUT_INFLIGHT) {
+        ngx_http_optout_shared_post(store->filling);
+    }
+}
+
+
+static void
+ngx_http_optout_mget_init(ngx_http_optout_mget_t *mg)
+{
+    ngx_memzero(mg->hash, (mg->mask + 1) * sizeof(uint32_t));
+    ngx_memzero(mg->answered, sizeof(mg->answered));
+
+    mg->nkeys = 0;
+    mg->total = 0;
+    mg->rc = MEMCACHED_SUCCESS;
+}
+
+
+/* adds a key once; *index is where its answer will be */
+
+static ngx_int_t
+ngx_http_optout_mget_add(ngx_http_optout_mget_t *mg, const char *key,
+    size_t len, ngx_uint_t *index)
+{
+    uint32_t    h;
+    ngx_uint_t  i;
+    char       *p;
+
+    h = ngx_http_optout_mget_find(mg, key, len);
+
+    if (mg->hash[h]) {
+        *index = mg->hash[h] - 1;
+        return NGX_OK;
+    }
+
+    if (mg->total == mg->max || len > OPTOUT_STORE_KEY_MAX) {
+        return NGX_ERROR;
+    }
+
+    i = mg->total++;
+
+    if (mg->data) {
+        p = mg->data + i * (OPTOUT_STORE_KEY_MAX + 1);
+        ngx_memcpy(p, key, len);
+        p[len] = '\0';
+        key = p;
+    }
+
+    mg->keys[i] = key;
+    mg->lens[i] = len;
+    mg->found[i] = 0;
+    mg->hash[h] = (uint32_t) (i + 1);
+
+    *index = i;
+
+    return NGX_OK;
+}
+
+
+/* the slot of a key in hash[]: its own, or the free one it would take */
+
+static ngx_uint_t
+ngx_http_optout_mget_find(ngx_http_optout_mget_t *mg, const char *key,
+    size_t len)
+{
+    uint32_t     h;
+    ngx_uint_t   i;
+    const char  *p;
+
+    /* FNV-1a; keys end in hex digits of a keyed hash */
+
+    h = 2166136261u;
+
+    for (p = key; p < key + len; p++) {
+        h ^= (u_char) *p;
+        h *= 16777619u;
+    }
+
+    /* linear probing; the table is at least twice the number of keys */
+
+    for (h &= mg->mask; mg->hash[h]; h = (h + 1) & mg->mask) {
+        i = mg->hash[h] - 1;
+
+        if (mg->lens[i] == len && ngx_memcmp(mg->keys[i], key, len) == 0) {
+            break;
+        }
+    }
+
+    return h;
+}
+
+
+/*
+ * In a thread: asks for the keys and, after them, the marker of each
+ * server that holds one; sets found[], rules[], answered[] and rc.
+ */
+
+static void
+ngx_http_optout_mget(ngx_http_optout_store_t *store,
+    ngx_http_optout_mget_t *mg)
+{
+    uint32_t             s;
+    ngx_uint_t           i, incomplete, marker[OPTOUT_MARKERS_MAX];
+    memcached_st        *mc;
+    memcached_return_t   rc;
+
+    mg->nkeys = mg->total;
+
+    mc = memcached_pool_fetch(store->pool, &store->wait, &rc);
     if (mc == NULL) {
-        b->rc = (rc == MEMCACHED_SUCCESS) ? MEMCACHED_FAILURE : rc;
+        mg->rc = (rc == MEMCACHED_SUCCESS) ? MEMCACHED_FAILURE : rc;
         return;
     }
 
-    rc = memcached_mget(mc, b->keys, b->lens, b->nkeys);
+    for (i = 0; i < store->markers.n; i++) {
+        marker[i] = NGX_CONF_UNSET_UINT;
+    }
+
+    for (i = 0; i < mg->nkeys; i++) {
+        s = memcached_generate_hash(mc, mg->keys[i], mg->lens[i]);
+        mg->server[i] = s;
+
+        if (s < store->markers.n && marker[s] == NGX_CONF_UNSET_UINT) {
+            /*
+             * the callers keep room for the markers; a server without its
+             * marker in the request leaves its keys unanswered anyway
+             */
+            (void) ngx_http_optout_mget_add(mg, store->markers.key[s],
+                                            store->markers.len[s],
+                                            &marker[s]);
+        }
+    }
+
+    ngx_http_optout_mget_fetch(mc, mg);
+
+    incomplete = 0;
+
+    for (s = 0; s < store->markers.n; s++) {
+        if (marker[s] == NGX_CONF_UNSET_UINT) {
+            continue;
+        }
+
+        mg->answered[s] = mg->found[marker[s]];
+
+        if (!mg->answered[s]) {
+            incomplete = 1;
+        }
+
+        /* a reply still pending: libmemcached gave up polling for it */
+
+        if (memcached_server_response_count(
+                memcached_server_instance_by_position(mc, s))
+            && mg->rc == MEMCACHED_SUCCESS)
+        {
+            mg->rc = MEMCACHED_TIMEOUT;
+        }
+    }
 
     /*
-     * a server that could not be asked answers nothing, not even its
-     * marker, so its keys come out "not seeded" rather than "no rule"
+     * no reply of this multi-get may be left on a connection for its next
+     * user to take as its own
      */
 
-    if (rc != MEMCACHED_SUCCESS && rc != MEMCACHED_SOME_ERRORS) {
-        b->rc = rc;
-        goto done;
+    if (incomplete || mg->rc != MEMCACHED_SUCCESS) {
+        memcached_quit(mc);
+    }
+
+    (void) memcached_pool_release(store->pool, mc);
+}
+
+
+static void
+ngx_http_optout_mget_fetch(memcached_st *mc, ngx_http_optout_mget_t *mg)
+{
+    ngx_uint_t            h, i;
+    memcached_return_t    rc;
+    memcached_result_st   result, *res;
+
+    rc = memcached_mget(mc, mg->keys, mg->lens, mg->total);
+
+    /*
+     * SOME_ERRORS: a server that failed while its keys were sent may have
+     * been asked again on a new connection for the later keys only, its
+     * marker among them; nothing of this multi-get can be trusted then
+     */
+
+    if (rc != MEMCACHED_SUCCESS) {
+        mg->rc = rc;
+        return;
     }
 
     if (memcached_result_create(mc, &result) == NULL) {
-        b->rc = MEMCACHED_MEMORY_ALLOCATION_FAILURE;
-        goto done;
+        mg->rc = MEMCACHED_MEMORY_ALLOCATION_FAILURE;
+        return;
     }
 
     for ( ;; ) {
@@ -475,109 +689,62 @@ ngx_http_optout_mget_thread(void *data, ngx_log_t *log)
             break;
         }
 
-        key = memcached_result_key_value(res);
-        klen = memcached_result_key_length(res);
-
-        h = ngx_http_optout_mget_hash(key, klen);
-
-        while ((i = b->hash[h]) != 0) {
-            i--;
-
-            if (b->lens[i] == klen && ngx_memcmp(b->keys[i], key, klen) == 0) {
-                b->found[i] = 1;
-
-                if (optout_rule_parse(memcached_result_value(res),
-                                      memcached_result_length(res),
-                                      &b->rules[i])
-                    != OPTOUT_OK)
-                {
-                    /* a rule we cannot read still blocks */
-                    ngx_memzero(&b->rules[i], sizeof(optout_rule_t));
-                }
-
-                break;
-            }
-
-            h = (h + 1) & (NGX_HTTP_OPTOUT_MGET_HASH - 1);
+        h = ngx_http_optout_mget_find(mg, memcached_result_key_value(res),
+                                      memcached_result_key_length(res));
+        if (mg->hash[h] == 0) {
+            continue;
         }
-    }
 
-    /*
-     * an error in the middle may have cut a server's answer after its
-     * marker: nothing of this batch can be trusted then
-     */
+        i = mg->hash[h] - 1;
+        mg->found[i] = 1;
 
-    if (rc != MEMCACHED_END && rc != MEMCACHED_SUCCESS
-        && rc != MEMCACHED_NOTFOUND)
-    {
-        b->rc = rc;
+        if (i < mg->nkeys
+            && optout_rule_parse(memcached_result_value(res),
+                                 memcached_result_length(res),
+                                 &mg->rules[i])
+               != OPTOUT_OK)
+        {
+            /* a rule we cannot read still blocks */
+            ngx_memzero(&mg->rules[i], sizeof(optout_rule_t));
+        }
     }
 
     memcached_result_free(&result);
 
-done:
+    if (rc != MEMCACHED_END && rc != MEMCACHED_SUCCESS
+        && rc != MEMCACHED_NOTFOUND)
+    {
+        mg->rc = rc;
+        return;
+    }
 
-    (void) memcached_pool_release(b->store->pool, mc);
+    /* a failure that a later result made memcached_fetch_result() forget */
+
+    rc = memcached_last_error(mc);
+
+    if (memcached_failed(rc)) {
+        mg->rc = rc;
+    }
 }
 
 
-static void
-ngx_http_optout_mget_done(ngx_event_t *ev)
+/*
+ * NGX_OK: the key's server answered completely; NGX_ERROR: it did not,
+ * after a failure; NGX_DECLINED: it ended cleanly without its marker.
+ */
+
+static ngx_int_t
+ngx_http_optout_mget_answer(ngx_http_optout_mget_t *mg, ngx_uint_t i)
 {
-    ngx_http_optout_mget_t *b = ev->data;
+    uint32_t  s;
 
-    ngx_uint_t                 i, k, marker;
-    ngx_queue_t               *q;
-    ngx_http_optout_store_t   *store;
-    ngx_http_optout_lookup_t  *lk;
+    s = mg->server[i];
 
-    store = b->store;
-    store->inflight--;
-
-    if (b->rc != MEMCACHED_SUCCESS) {
-        ngx_log_error(NGX_LOG_ERR, store->log, 0,
-                      "optout: memcached lookup failed: %s",
-                      memcached_strerror(NULL, b->rc));
+    if (i < mg->nkeys && s < OPTOUT_MARKERS_MAX && mg->answered[s]) {
+        return NGX_OK;
     }
 
-    while (!ngx_queue_empty(&b->waiters)) {
-        q = ngx_queue_head(&b->waiters);
-        ngx_queue_remove(q);
-
-        lk = ngx_queue_data(q, ngx_http_optout_lookup_t, queue);
-        lk->batch = NULL;
-        lk->rc = (b->rc == MEMCACHED_SUCCESS) ? NGX_OK : NGX_ERROR;
-
-        for (k = 0; lk->rc == NGX_OK && k < lk->nkeys; k++) {
-            i = lk->index[k];
-            marker = b->server[i];
-
-            if (marker >= store->markers.n || !b->found[marker]) {
-                lk->rc = NGX_DECLINED;
-                break;
-            }
-
-            lk->found[k] = b->found[i];
-
-            if (b->found[i]) {
-                lk->rule[k] = b->rules[i];
-            }
-        }
-
-        lk->handler(lk);
-    }
-
-    if (store->nfree < NGX_HTTP_OPTOUT_FREE_BATCHES) {
-        ngx_queue_insert_tail(&store->free_batches, &b->queue);
-        store->nfree++;
-
-    } else {
-        ngx_free(b);
-    }
-
-    if (store->filling && store->inflight < NGX_HTTP_OPTOUT_INFLIGHT) {
-        ngx_http_optout_mget_post(store->filling);
-    }
+    return (mg->rc == MEMCACHED_SUCCESS) ? NGX_DECLINED : NGX_ERROR;
 }
 
 
@@ -697,178 +864,85 @@ ngx_http_optout_store_add_done(ngx_event_t *ev)
 
 
 /*
- * For batch checks, in a thread only: one multi-get of keys[] and every
- * server's marker, with a connection of the pool.  Returns NGX_OK,
- * NGX_ERROR when memcached failed, or NGX_DECLINED when a server that
- * holds one of the keys lost its marker.
+ * For batch checks, in a thread only: one multi-get with markers of
+ * keys[] (repeats allowed).  Returns NGX_OK, NGX_ERROR when a server that
+ * holds one of the keys failed, or NGX_DECLINED when such a server ended
+ * without its marker (not seeded).
  */
 
 ngx_int_t
 ngx_http_optout_store_mget(ngx_http_optout_store_t *store, const char **keys,
     size_t *lens, ngx_uint_t n, u_char *found, optout_rule_t *rules)
 {
-    size_t                klen;
-    uint32_t              h, mask, *table, *next, i, j, total, m;
-    ngx_int_t             rc;
-    const char          **all, *key;
-    memcached_st         *mc;
-    memcached_return_t    mrc;
-    memcached_result_st   result, *res;
-    size_t               *all_lens;
-    u_char               *mfound;
+    size_t                  size;
+    ngx_int_t               rc;
+    ngx_uint_t              i, j, *index;
+    ngx_http_optout_mget_t  mg;
 
-    m = store->markers.n;
-    total = n + m;
+    ngx_memzero(&mg, sizeof(ngx_http_optout_mget_t));
 
-    for (mask = 1; mask < total * 2; mask <<= 1) { /* void */ }
+    mg.max = n + store->markers.n;
 
-    all = malloc(total * sizeof(char *));
-    all_lens = malloc(total * sizeof(size_t));
-    table = calloc(mask, sizeof(uint32_t));
-    next = malloc(total * sizeof(uint32_t));
-    mfound = calloc(m ? m : 1, 1);
+    for (size = 1; size < mg.max * 2; size <<= 1) { /* void */ }
 
-    mc = NULL;
+    mg.mask = size - 1;
+    mg.keys = malloc(mg.max * sizeof(char *));
+    mg.lens = malloc(mg.max * sizeof(size_t));
+    mg.server = malloc(mg.max * sizeof(uint32_t));
+    mg.found = malloc(mg.max);
+    mg.rules = malloc(mg.max * sizeof(optout_rule_t));
+    mg.hash = malloc(size * sizeof(uint32_t));
+    index = malloc(n * sizeof(ngx_uint_t));
+
     rc = NGX_ERROR;
 
-    if (all == NULL || all_lens == NULL || table == NULL || next == NULL
-        || mfound == NULL)
+    if (mg.keys == NULL || mg.lens == NULL || mg.server == NULL
+        || mg.found == NULL || mg.rules == NULL || mg.hash == NULL
+        || index == NULL)
     {
         goto done;
     }
 
-    mask--;
+    /* mg.data is NULL: the keys stay the caller's */
 
-    for (i = 0; i < total; i++) {
-        if (i < m) {
-            all[i] = store->markers.key[i];
-            all_lens[i] = store->markers.len[i];
+    ngx_http_optout_mget_init(&mg);
 
-        } else {
-            all[i] = keys[i - m];
-            all_lens[i] = lens[i - m];
-            found[i - m] = 0;
-        }
-
-        /* index + 1 of the first key with this hash chain, equal keys */
-
-        h = ngx_http_optout_mget_hash(all[i], all_lens[i]) & mask;
-        next[i] = 0;
-
-        while (table[h]) {
-            j = table[h] - 1;
-
-            if (all_lens[j] == all_lens[i]
-                && ngx_memcmp(all[j], all[i], all_lens[i]) == 0)
-            {
-                while (next[j]) {
-                    j = next[j] - 1;
-                }
-
-                next[j] = i + 1;
-                goto added;
-            }
-
-            h = (h + 1) & mask;
-        }
-
-        table[h] = i + 1;
-
-    added:
-
-        continue;
-    }
-
-    mc = memcached_pool_fetch(store->pool, &store->wait, &mrc);
-    if (mc == NULL) {
-        goto done;
-    }
-
-    mrc = memcached_mget(mc, all, all_lens, total);
-    if (mrc != MEMCACHED_SUCCESS && mrc != MEMCACHED_SOME_ERRORS) {
-        goto done;
-    }
-
-    if (memcached_result_create(mc, &result) == NULL) {
-        goto done;
-    }
-
-    for ( ;; ) {
-        res = memcached_fetch_result(mc, &result, &mrc);
-        if (res == NULL) {
-            break;
-        }
-
-        key = memcached_result_key_value(res);
-        klen = memcached_result_key_length(res);
-
-        for (h = ngx_http_optout_mget_hash(key, klen) & mask;
-             table[h];
-             h = (h + 1) & mask)
+    for (i = 0; i < n; i++) {
+        if (ngx_http_optout_mget_add(&mg, keys[i], lens[i], &index[i])
+            != NGX_OK)
         {
-            j = table[h] - 1;
-
-            if (all_lens[j] != klen || ngx_memcmp(all[j], key, klen) != 0) {
-                continue;
-            }
-
-            for ( ;; ) {
-                if (j < m) {
-                    mfound[j] = 1;
-
-                } else {
-                    found[j - m] = 1;
-
-                    if (optout_rule_parse(memcached_result_value(res),
-                                          memcached_result_length(res),
-                                          &rules[j - m])
-                        != OPTOUT_OK)
-                    {
-                        ngx_memzero(&rules[j - m], sizeof(optout_rule_t));
-                    }
-                }
-
-                if (next[j] == 0) {
-                    break;
-                }
-
-                j = next[j] - 1;
-            }
-
-            break;
+            goto done;
         }
     }
 
-    memcached_result_free(&result);
+    ngx_http_optout_mget(store, &mg);
 
-    if (mrc != MEMCACHED_END && mrc != MEMCACHED_SUCCESS
-        && mrc != MEMCACHED_NOTFOUND)
-    {
-        goto done;
+    for (i = 0; i < n; i++) {
+        j = index[i];
+
+        rc = ngx_http_optout_mget_answer(&mg, j);
+        if (rc != NGX_OK) {
+            goto done;
+        }
+
+        found[i] = mg.found[j];
+
+        if (mg.found[j]) {
+            rules[i] = mg.rules[j];
+        }
     }
 
     rc = NGX_OK;
 
-    for (i = 0; i < n; i++) {
-        h = memcached_generate_hash(mc, keys[i], lens[i]);
-
-        if (h >= m || !mfound[h]) {
-            rc = NGX_DECLINED;
-            break;
-        }
-    }
-
 done:
 
-    if (mc) {
-        (void) memcached_pool_release(store->pool, mc);
-    }
-
-    free(all);
-    free(all_lens);
-    free(table);
-    free(next);
-    free(mfound);
+    free(mg.keys);
+    free(mg.lens);
+    free(mg.server);
+    free(mg.found);
+    free(mg.rules);
+    free(mg.hash);
+    free(index);
 
     return rc;
 }
