@@ -34,19 +34,6 @@ static ngx_int_t ngx_http_optout_batch_busy(ngx_http_request_t *r,
 static void ngx_http_optout_batch_free(void *data);
 
 
-/*
- * Before 1.25.4 nginx has no r->main->terminated: a request terminated
- * while a thread task blocked it is left with c->error set, and its write
- * event handler finalizes it.
- */
-
-#if (nginx_version >= 1025004)
-#define ngx_http_optout_batch_terminated(r)  ((r)->main->terminated)
-#else
-#define ngx_http_optout_batch_terminated(r)  ((r)->connection->error)
-#endif
-
-
 ngx_int_t
 ngx_http_optout_batch_handler(ngx_http_request_t *r)
 {
@@ -305,7 +292,6 @@ ngx_http_optout_batch_start(ngx_http_request_t *r,
         goto failed;
     }
 
-    r->main->blocked++;
     r->read_event_handler = ngx_http_test_reading;
 
     ngx_http_optout_hold(r, &bc->hold);
@@ -421,15 +407,9 @@ ngx_http_optout_batch_done(ngx_event_t *ev)
     r = bc->request;
     c = r->connection;
 
-    ngx_http_set_log_request(c->log, r);
-
-    r->main->blocked--;
-    ngx_http_optout_release(&bc->hold);
     ngx_http_optout_batch_slot_put(&bc->slot);
 
-    if (ngx_http_optout_batch_terminated(r)) {
-        /* the connection's handler finalizes the terminated request */
-        c->write->handler(c->write);
+    if (ngx_http_optout_resume(r, &bc->hold) == NGX_DONE) {
         return;
     }
 

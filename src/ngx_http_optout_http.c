@@ -107,14 +107,18 @@ ngx_http_optout_since(u_char *p, int64_t t)
 
 
 /*
- * A request waiting for a thread-pool task has no timer of its own, and a
- * worker that shuts down gracefully exits once no timers are left: this
- * one keeps it until the task is done.
+ * A request waits for a thread-pool task (or for the journal's group
+ * commit) blocked, as nginx's own thread tasks make it: a termination
+ * meanwhile is put off until the task is done.  The request has no timer
+ * of its own, and a worker that shuts down gracefully exits once no
+ * timers are left: the hold keeps it until the task is done.
  */
 
 void
 ngx_http_optout_hold(ngx_http_request_t *r, ngx_event_t *ev)
 {
+    r->main->blocked++;
+
     ev->handler = ngx_http_optout_hold_handler;
     ev->data = r;
     ev->log = r->connection->log;
@@ -123,12 +127,39 @@ ngx_http_optout_hold(ngx_http_request_t *r, ngx_event_t *ev)
 }
 
 
-void
-ngx_http_optout_release(ngx_event_t *ev)
+/*
+ * Back on the event loop, as nginx's thread event handlers do.  NGX_DONE:
+ * the request was terminated while it waited, and the connection's
+ * handler has finalized it; the caller must not touch it.  Before 1.25.4
+ * nginx has no r->main->terminated: such a request is left with c->error
+ * set and a write event handler that finalizes it.
+ */
+
+ngx_int_t
+ngx_http_optout_resume(ngx_http_request_t *r, ngx_event_t *ev)
 {
+    ngx_connection_t  *c;
+
+    c = r->connection;
+
+    ngx_http_set_log_request(c->log, r);
+
+    r->main->blocked--;
+
     if (ev->timer_set) {
         ngx_del_timer(ev);
     }
+
+#if (nginx_version >= 1025004)
+    if (r->main->terminated) {
+#else
+    if (c->error) {
+#endif
+        c->write->handler(c->write);
+        return NGX_DONE;
+    }
+
+    return NGX_OK;
 }
 
 

@@ -272,7 +272,6 @@ ngx_http_optout_link_record(ngx_http_request_t *r, ngx_http_optout_ctx_t *ctx)
     /* both completions come from the event loop, never from here */
 
     r->main->count++;
-    r->main->blocked++;
 
     ngx_http_optout_hold(r, &ctx->hold);
 
@@ -311,8 +310,9 @@ ngx_http_optout_link_done(ngx_http_optout_waiter_t *w)
         ngx_http_optout_pending_kick(omcf->pending);
     }
 
-    r->main->blocked--;
-    ngx_http_optout_release(&ctx->hold);
+    if (ngx_http_optout_resume(r, &ctx->hold) == NGX_DONE) {
+        return;
+    }
 
     if (ctx->journal_waiter.rc != NGX_OK) {
         ctx->result = NGX_HTTP_OPTOUT_RESULT_ERROR;

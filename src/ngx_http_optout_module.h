@@ -181,7 +181,7 @@ extern ngx_module_t  ngx_http_optout_module;
 ngx_int_t ngx_http_optout_namespace(ngx_http_request_t *r,
     ngx_http_optout_loc_conf_t *olcf, ngx_http_optout_ctx_t *ctx);
 void ngx_http_optout_hold(ngx_http_request_t *r, ngx_event_t *ev);
-void ngx_http_optout_release(ngx_event_t *ev);
+ngx_int_t ngx_http_optout_resume(ngx_http_request_t *r, ngx_event_t *ev);
 ngx_int_t ngx_http_optout_not_allowed(ngx_http_request_t *r);
 ngx_int_t ngx_http_optout_add_header(ngx_http_request_t *r, char *name,
     u_char *value, size_t len);
