@@ -432,6 +432,14 @@ ngx_http_optout_batch_send(ngx_http_request_t *r,
                       "\"optout_check_fail open\"");
     }
 
+    if (bc->status >= NGX_HTTP_INTERNAL_SERVER_ERROR) {
+        ngx_log_error((bc->status == NGX_HTTP_SERVICE_UNAVAILABLE
+                       ? NGX_LOG_WARN : NGX_LOG_ERR),
+                      r->connection->log, 0,
+                      "optout: batch check answered %ui: %s", bc->status,
+                      bc->failure ? bc->failure : "");
+    }
+
     if (bc->out.failed || bc->out.data == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }

@@ -105,6 +105,7 @@ typedef struct {
     ngx_http_optout_segment_t        segments[NGX_HTTP_OPTOUT_BATCH_SEGMENTS];
 
     ngx_uint_t                       status;
+    const char                      *failure;   /* detail of an error */
     ngx_uint_t                       open;
     ngx_uint_t                       unverified;
     ngx_http_optout_out_t            out;

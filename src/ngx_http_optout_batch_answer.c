@@ -146,6 +146,7 @@ ngx_http_optout_batch_fail(ngx_http_optout_batch_ctx_t *bc,
     size_t  len;
 
     bc->status = status;
+    bc->failure = detail;
     bc->out.len = 0;
     bc->out.failed = 0;
 

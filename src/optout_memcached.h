@@ -22,6 +22,9 @@
  * client's distribution puts on that server.  A restarted, flushed or
  * evicted server loses its marker, and checks of keys on it then answer
  * "unavailable" until "optoutctl replay" seeds it (an empty journal will do).
+ * A multi-get asks for each server's marker after that server's keys:
+ * memcached answers in request order, so the marker's arrival proves
+ * that server's answer complete.
  */
 
 typedef struct {
