@@ -433,9 +433,7 @@ ngx_http_optout_batch_send(ngx_http_request_t *r,
     }
 
     if (bc->status >= NGX_HTTP_INTERNAL_SERVER_ERROR) {
-        ngx_log_error((bc->status == NGX_HTTP_SERVICE_UNAVAILABLE
-                       ? NGX_LOG_WARN : NGX_LOG_ERR),
-                      r->connection->log, 0,
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "optout: batch check answered %ui: %s", bc->status,
                       bc->failure ? bc->failure : "");
     }

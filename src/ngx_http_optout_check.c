@@ -540,7 +540,7 @@ ngx_http_optout_check_respond(ngx_http_request_t *r,
             ctx->status = NGX_HTTP_OPTOUT_STATUS_UNVERIFIED;
 
         } else {
-            ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                           "optout: check denied as unavailable: %s",
                           ctx->reason);
         }

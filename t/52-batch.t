@@ -293,8 +293,8 @@ json_error(batch('/check', "$A\n$FREE\n", 'text/plain'),
            'not seeded', 503, '40301');
 my $WHY = qr/The (?:store is not seeded|opt-out rules could not be read)/;
 is(scalar(() = ($t->error_log // '')
-                   =~ /\[warn\].*batch check answered 503: $WHY/g),
-   2, 'both 503 answers are logged at [warn] with their reason');
+                   =~ /\[error\].*batch check answered 503: $WHY/g),
+   2, 'both 503 answers are logged at [error] with their reason');
 ($rc, $out) = replay('journal.log');
 is($rc, 0, 'reseeded from the journal') or diag $out;
 # libmemcached retries a failed server after 1 s
