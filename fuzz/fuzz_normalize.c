@@ -19,6 +19,7 @@ static optout_mac_t  *smac;
 
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+static void check_json_escape(const char *in, size_t len);
 
 
 static void
@@ -188,6 +189,53 @@ check_rule(const char *in, size_t len)
 }
 
 
+/*
+ * the escaper: within its bound, no raw control character, quote or
+ * backslash left alone, and a cut at "max" characters only shortens
+ */
+
+static void
+check_json_escape(const char *in, size_t len)
+{
+    char    *out, *cut;
+    size_t   i, n, m;
+
+    out = malloc(OPTOUT_JSON_ESCAPED(len) + 1);
+    cut = malloc(OPTOUT_JSON_ESCAPED(len) + 1);
+
+    if (out == NULL || cut == NULL) {
+        abort();
+    }
+
+    n = optout_json_escape(in, len, len, out);
+    m = optout_json_escape(in, len, len / 2, cut);
+
+    if (n > OPTOUT_JSON_ESCAPED(len) || m > n || memcmp(out, cut, m) != 0) {
+        abort();
+    }
+
+    for (i = 0; i < n; i++) {
+        if ((unsigned char) out[i] < 0x20 || out[i] == 0x7f) {
+            abort();
+        }
+
+        if (out[i] == '\\') {
+            i++;
+
+            if (i == n || strchr("\"\\u", out[i]) == NULL) {
+                abort();
+            }
+
+        } else if (out[i] == '"') {
+            abort();
+        }
+    }
+
+    free(out);
+    free(cut);
+}
+
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -220,6 +268,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     check_dest(in, size, d);
     check_sender(in, size, sender, &slen);
     check_rule(in, size);
+    check_json_escape(in, size);
 
     rc = optout_check_namespace(in, size);
     if (rc != OPTOUT_OK && (rc != OPTOUT_ENAMESPACE || size == 0)) {

@@ -15,9 +15,10 @@
 
 static void ngx_http_optout_batch_blocked(ngx_http_optout_out_t *o,
     ngx_http_optout_batch_list_t *list, ngx_http_optout_batch_dest_t *dests);
+static u_char *ngx_http_optout_out_reserve(ngx_http_optout_out_t *o,
+    size_t len);
 static void ngx_http_optout_batch_invalid(ngx_http_optout_out_t *o,
     ngx_http_optout_batch_list_t *list, ngx_http_optout_batch_dest_t *dests);
-static size_t ngx_http_optout_utf8_len(const u_char *s, size_t len);
 
 
 void
@@ -166,10 +167,27 @@ void
 ngx_http_optout_out(ngx_http_optout_out_t *o, const char *s, size_t len)
 {
     u_char  *p;
+
+    p = ngx_http_optout_out_reserve(o, len);
+    if (p == NULL) {
+        return;
+    }
+
+    ngx_memcpy(p, s, len);
+    o->len += len;
+}
+
+
+/* room for len more bytes at o->data + o->len, or NULL (o->failed) */
+
+static u_char *
+ngx_http_optout_out_reserve(ngx_http_optout_out_t *o, size_t len)
+{
+    u_char  *p;
     size_t   size;
 
     if (o->failed) {
-        return;
+        return NULL;
     }
 
     if (o->len + len > o->size) {
@@ -178,128 +196,31 @@ ngx_http_optout_out(ngx_http_optout_out_t *o, const char *s, size_t len)
         p = realloc(o->data, size);
         if (p == NULL) {
             o->failed = 1;
-            return;
+            return NULL;
         }
 
         o->data = p;
         o->size = size;
     }
 
-    ngx_memcpy(o->data + o->len, s, len);
-    o->len += len;
+    return o->data + o->len;
 }
 
 
-/*
- * Writes up to "max" characters of s as the inside of a JSON string:
- * quotes, backslashes and control characters escaped, valid UTF-8 as is,
- * and each byte that is not part of valid UTF-8 as U+FFFD.
- */
+/* up to "max" characters of s as the inside of a JSON string */
 
 void
 ngx_http_optout_out_json(ngx_http_optout_out_t *o, const u_char *s,
     size_t len, size_t max)
 {
-    u_char        c;
-    size_t        n;
-    const u_char *end;
-    u_char        esc[8];
+    u_char  *p;
 
-    static u_char  hex[] = "0123456789abcdef";
-
-    end = s + len;
-
-    while (s < end && max--) {
-        c = *s;
-
-        if (c >= 0x80) {
-            n = ngx_http_optout_utf8_len(s, end - s);
-
-            if (n == 0) {
-                ngx_http_optout_out_lit(o, "\\ufffd");
-                s++;
-
-            } else {
-                ngx_http_optout_out(o, (char *) s, n);
-                s += n;
-            }
-
-            continue;
-        }
-
-        if (c == '"' || c == '\\') {
-            esc[0] = '\\';
-            esc[1] = c;
-            ngx_http_optout_out(o, (char *) esc, 2);
-
-        } else if (c < 0x20 || c == 0x7f) {
-            esc[0] = '\\';
-            esc[1] = 'u';
-            esc[2] = '0';
-            esc[3] = '0';
-            esc[4] = hex[c >> 4];
-            esc[5] = hex[c & 0xf];
-            ngx_http_optout_out(o, (char *) esc, 6);
-
-        } else {
-            ngx_http_optout_out(o, (char *) &c, 1);
-        }
-
-        s++;
+    p = ngx_http_optout_out_reserve(o, OPTOUT_JSON_ESCAPED(len));
+    if (p == NULL) {
+        return;
     }
+
+    o->len += optout_json_escape((const char *) s, len, max, (char *) p);
 }
 
 
-/*
- * The length of the well-formed UTF-8 sequence at s (RFC 3629: no
- * overlong forms, no surrogates, at most U+10FFFF), or 0.
- */
-
-static size_t
-ngx_http_optout_utf8_len(const u_char *s, size_t len)
-{
-    size_t  n, i;
-    u_char  lo, hi;
-
-    lo = 0x80;
-    hi = 0xbf;
-
-    if (s[0] >= 0xc2 && s[0] <= 0xdf) {
-        n = 2;
-
-    } else if (s[0] >= 0xe0 && s[0] <= 0xef) {
-        n = 3;
-
-        if (s[0] == 0xe0) {
-            lo = 0xa0;
-
-        } else if (s[0] == 0xed) {
-            hi = 0x9f;
-        }
-
-    } else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
-        n = 4;
-
-        if (s[0] == 0xf0) {
-            lo = 0x90;
-
-        } else if (s[0] == 0xf4) {
-            hi = 0x8f;
-        }
-
-    } else {
-        return 0;
-    }
-
-    if (len < n || s[1] < lo || s[1] > hi) {
-        return 0;
-    }
-
-    for (i = 2; i < n; i++) {
-        if (s[i] < 0x80 || s[i] > 0xbf) {
-            return 0;
-        }
-    }
-
-    return n;
-}

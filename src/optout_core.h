@@ -141,6 +141,10 @@ int optout_source_parse(const char *name, size_t len);
 const char *optout_channel_name(unsigned channel);
 
 /* journal */
+/* JSON string contents, at most max characters; 6 bytes an input byte */
+#define OPTOUT_JSON_ESCAPED(n)  ((n) * 6)
+size_t optout_json_escape(const char *in, size_t n, size_t max, char *out);
+
 size_t optout_journal_format(const optout_journal_rec_t *rec, char *out,
     size_t out_size);
 

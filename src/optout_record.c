@@ -373,38 +373,135 @@ optout_put_str(optout_buf_t *b, const char *s)
 }
 
 
-/* bytes outside printable ASCII, '"' and '\' are escaped */
+/* fields of a journal line are at most a destination long */
 
 static void
 optout_put_json(optout_buf_t *b, const char *s, size_t n)
 {
-    char           esc[7];
-    size_t         i;
-    unsigned char  c;
+    char  tmp[OPTOUT_JSON_ESCAPED(OPTOUT_DEST_MAX + 1)];
+
+    if (n > OPTOUT_DEST_MAX + 1) {
+        b->overflow = 1;
+        return;
+    }
+
+    optout_put(b, tmp, optout_json_escape(s, n, n, tmp));
+}
+
+
+/* the length of the valid UTF-8 character at s, or 0 */
+
+static size_t
+optout_utf8_len(const unsigned char *s, size_t len)
+{
+    size_t         n, i;
+    unsigned char  lo, hi;
+
+    lo = 0x80;
+    hi = 0xbf;
+
+    if (s[0] >= 0xc2 && s[0] <= 0xdf) {
+        n = 2;
+
+    } else if (s[0] >= 0xe0 && s[0] <= 0xef) {
+        n = 3;
+
+        if (s[0] == 0xe0) {
+            lo = 0xa0;
+
+        } else if (s[0] == 0xed) {
+            hi = 0x9f;
+        }
+
+    } else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
+        n = 4;
+
+        if (s[0] == 0xf0) {
+            lo = 0x90;
+
+        } else if (s[0] == 0xf4) {
+            hi = 0x8f;
+        }
+
+    } else {
+        return 0;
+    }
+
+    if (len < n || s[1] < lo || s[1] > hi) {
+        return 0;
+    }
+
+    for (i = 2; i < n; i++) {
+        if (s[i] < 0x80 || s[i] > 0xbf) {
+            return 0;
+        }
+    }
+
+    return n;
+}
+
+
+/*
+ * The inside of a JSON string, for at most "max" characters of s: '"',
+ * '\' and control characters escaped, valid UTF-8 as is, and each byte
+ * that is not part of valid UTF-8 as U+FFFD.  out has room for
+ * OPTOUT_JSON_ESCAPED(n) bytes; returns the bytes written.
+ */
+
+size_t
+optout_json_escape(const char *in, size_t n, size_t max, char *out)
+{
+    char                 *p;
+    size_t                len;
+    unsigned char         c;
+    const unsigned char  *s, *end;
 
     static const char  hex[] = "0123456789abcdef";
 
-    for (i = 0; i < n; i++) {
-        c = (unsigned char) s[i];
+    p = out;
+    s = (const unsigned char *) in;
+    end = s + n;
+
+    for ( /* void */ ; s < end && max; max--) {
+        c = *s;
+
+        if (c >= 0x80) {
+            len = optout_utf8_len(s, end - s);
+
+            if (len == 0) {
+                memcpy(p, "\\ufffd", 6);
+                p += 6;
+                s++;
+
+            } else {
+                memcpy(p, s, len);
+                p += len;
+                s += len;
+            }
+
+            continue;
+        }
 
         if (c == '"' || c == '\\') {
-            esc[0] = '\\';
-            esc[1] = (char) c;
-            optout_put(b, esc, 2);
+            *p++ = '\\';
+            *p++ = (char) c;
 
-        } else if (c < 0x20 || c >= 0x7f) {
-            esc[0] = '\\';
-            esc[1] = 'u';
-            esc[2] = '0';
-            esc[3] = '0';
-            esc[4] = hex[c >> 4];
-            esc[5] = hex[c & 0x0f];
-            optout_put(b, esc, 6);
+        } else if (c < 0x20 || c == 0x7f) {
+            *p++ = '\\';
+            *p++ = 'u';
+            *p++ = '0';
+            *p++ = '0';
+            *p++ = hex[c >> 4];
+            *p++ = hex[c & 0x0f];
 
         } else {
-            optout_put(b, (const char *) &c, 1);
+            *p++ = (char) c;
         }
+
+        s++;
     }
+
+    return p - out;
 }
 
 

@@ -1571,7 +1571,7 @@ test_journal(void)
         "\"dest\":\"john.doe@example.com\",\"scope\":\"sender\","
         "\"sender\":\"ACME&CO\",\"campaign\":\"18446744073709551615\","
         "\"source\":\"api\",\"channel\":\"email\","
-        "\"client\":\"a\\\"b\\\\c\\u000a\\u0001\\u007f\\u00e9\",\"kid\":0}\n";
+        "\"client\":\"a\\\"b\\\\c\\u000a\\u0001\\u007f\\ufffd\xc3\xa9\",\"kid\":0}\n";
 
     optout_normalize_dest("+447700900123", 13, &d);
     optout_normalize_dest("john.doe@example.com", 20, &e);
@@ -1611,8 +1611,8 @@ test_journal(void)
     rec.sender_len = 7;
     rec.campaign = UINT64_MAX;
     rec.source = OPTOUT_SOURCE_API;
-    rec.client = "a\"b\\c\n\x01\x7f\xe9";
-    rec.client_len = 9;
+    rec.client = "a\"b\\c\n\x01\x7f\xe9\xc3\xa9";
+    rec.client_len = 11;
     rec.key_id = 0;
 
     n = optout_journal_format(&rec, out, sizeof(out));
