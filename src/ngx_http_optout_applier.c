@@ -133,6 +133,7 @@ ngx_http_optout_applier_init_module(ngx_cycle_t *cycle,
     ngx_http_optout_main_conf_t *omcf)
 {
     u_char                     *p;
+    ngx_err_t                   err;
     ngx_str_t                   name;
     ngx_core_conf_t            *ccf;
     ngx_pool_cleanup_t         *cln;
@@ -178,6 +179,14 @@ ngx_http_optout_applier_init_module(ngx_cycle_t *cycle,
         ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
                       ngx_open_file_n " \"%V\" failed", &name);
         return NGX_ERROR;
+    }
+
+    /* both slots take their room now: a full disk must not stop the record */
+
+    err = posix_fallocate(a->record_fd, 0, 2 * NGX_HTTP_OPTOUT_APPLIED_SLOT);
+    if (err != 0) {
+        ngx_log_error(NGX_LOG_WARN, cycle->log, err,
+                      "posix_fallocate(\"%V\") failed", &name);
     }
 
     ccf = (ngx_core_conf_t *) ngx_get_conf(cycle->conf_ctx, ngx_core_module);
