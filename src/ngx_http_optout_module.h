@@ -94,8 +94,14 @@ typedef struct {
 #define NGX_HTTP_OPTOUT_TPL_ACTION       3
 
 
+/*
+ * parts by kind (email destination: +1, sender scope: +2): the built-in
+ * pages name the channel and the sender, a page file serves every kind
+ */
+#define NGX_HTTP_OPTOUT_TPL_KINDS        4
+
 typedef struct {
-    ngx_array_t                 *parts;     /* ngx_http_optout_tpl_part_t */
+    ngx_array_t                 *parts[NGX_HTTP_OPTOUT_TPL_KINDS];
     ngx_str_t                    file;
 } ngx_http_optout_tpl_t;
 

@@ -2,18 +2,31 @@
 /*
  * The link pages: templates with {{destination}}, {{sender}} and {{action}}
  * placeholders, split into parts once at configuration time, built-in
- * defaults, and sending a page.
+ * defaults for each channel and scope, and sending a page.
  */
 
 
 #include "ngx_http_optout_module.h"
 
 
-#define NGX_HTTP_OPTOUT_PAGE_MAX  (64 * 1024)
+#define NGX_HTTP_OPTOUT_PAGE_MAX     (64 * 1024)
+
+#define NGX_HTTP_OPTOUT_KIND_EMAIL   1
+#define NGX_HTTP_OPTOUT_KIND_SENDER  2
 
 
-static ngx_http_optout_tpl_t *ngx_http_optout_page_parse(ngx_conf_t *cf,
+/* one built-in page: <title> and <h1>, the text, the button (confirm) */
+typedef struct {
+    ngx_str_t                    title;
+    ngx_str_t                    text;
+    ngx_str_t                    button;
+} ngx_http_optout_page_text_t;
+
+
+static ngx_array_t *ngx_http_optout_page_parse(ngx_conf_t *cf,
     ngx_str_t *text, ngx_str_t *file);
+static ngx_array_t *ngx_http_optout_page_build(ngx_conf_t *cf,
+    ngx_http_optout_page_text_t *page);
 static size_t ngx_http_optout_page_value(ngx_http_optout_ctx_t *ctx,
     ngx_uint_t var, ngx_str_t *value);
 
@@ -23,30 +36,76 @@ static ngx_str_t  ngx_http_optout_page_head = ngx_string(
 "<html lang=\"en\"><head><meta charset=\"utf-8\">\n"
 "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\n"
 "<meta name=\"robots\" content=\"noindex,nofollow\">\n"
-"<title>Unsubscribe</title>\n"
+"<title>");
+
+
+static ngx_str_t  ngx_http_optout_page_style = ngx_string(
+"</title>\n"
 "<style>body{font:17px/1.5 system-ui,sans-serif;margin:0;padding:2em 1em;"
 "color:#1a1a1a;background:#f6f6f6}main{max-width:26em;margin:auto;"
 "background:#fff;padding:1.5em;border-radius:8px}h1{font-size:1.3em;"
 "margin-top:0}button{font:inherit;width:100%;padding:.8em;border:0;"
 "border-radius:6px;background:#b00020;color:#fff}</style>\n"
-"</head><body><main>\n");
+"</head><body><main>\n"
+"<h1>");
 
 
-static ngx_str_t  ngx_http_optout_page_confirm = ngx_string(
-"<h1>Stop messages?</h1>\n"
-"<p>Messages to <b>{{destination}}</b> will stop.</p>\n"
+static ngx_str_t  ngx_http_optout_page_form = ngx_string(
 "<form method=\"post\" action=\"{{action}}\">\n"
 "<input type=\"hidden\" name=\"List-Unsubscribe\" value=\"One-Click\">\n"
-"<button type=\"submit\">Unsubscribe</button>\n"
-"</form>\n"
+"<button type=\"submit\">");
+
+
+static ngx_str_t  ngx_http_optout_page_tail = ngx_string(
 "</main></body></html>\n");
 
 
-static ngx_str_t  ngx_http_optout_page_done = ngx_string(
-"<h1>You are unsubscribed</h1>\n"
-"<p>We will not send further messages to <b>{{destination}}</b>. "
-"</p>\n"
-"</main></body></html>\n");
+/* by kind: phone, email, phone with a sender, email with a sender */
+
+static ngx_http_optout_page_text_t  ngx_http_optout_page_confirm[] = {
+
+    { ngx_string("Stop text messages?"),
+      ngx_string("Text messages to <b>{{destination}}</b> will stop."),
+      ngx_string("Stop messages") },
+
+    { ngx_string("Unsubscribe?"),
+      ngx_string("Emails to <b>{{destination}}</b> will stop."),
+      ngx_string("Unsubscribe") },
+
+    { ngx_string("Stop text messages from {{sender}}?"),
+      ngx_string("Text messages from <b>{{sender}}</b> to "
+                 "<b>{{destination}}</b> will stop."),
+      ngx_string("Stop messages") },
+
+    { ngx_string("Unsubscribe from {{sender}}?"),
+      ngx_string("Emails from <b>{{sender}}</b> to "
+                 "<b>{{destination}}</b> will stop."),
+      ngx_string("Unsubscribe") }
+};
+
+
+static ngx_http_optout_page_text_t  ngx_http_optout_page_done[] = {
+
+    { ngx_string("Text messages stopped"),
+      ngx_string("We will not send further text messages to "
+                 "<b>{{destination}}</b>."),
+      ngx_null_string },
+
+    { ngx_string("You are unsubscribed"),
+      ngx_string("We will not send further emails to "
+                 "<b>{{destination}}</b>."),
+      ngx_null_string },
+
+    { ngx_string("Text messages from {{sender}} stopped"),
+      ngx_string("<b>{{sender}}</b> will not send further text messages "
+                 "to <b>{{destination}}</b>."),
+      ngx_null_string },
+
+    { ngx_string("You are unsubscribed from {{sender}}"),
+      ngx_string("<b>{{sender}}</b> will not send further emails to "
+                 "<b>{{destination}}</b>."),
+      ngx_null_string }
+};
 
 
 char *
@@ -56,6 +115,7 @@ ngx_http_optout_page_set(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     ssize_t                 n;
     ngx_str_t              *value, text;
+    ngx_uint_t              i;
     ngx_file_t              file;
     ngx_file_info_t         fi;
     ngx_http_optout_tpl_t **tpl;
@@ -107,9 +167,20 @@ ngx_http_optout_page_set(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     (void) ngx_close_file(file.fd);
 
-    *tpl = ngx_http_optout_page_parse(cf, &text, &value[1]);
+    *tpl = ngx_pcalloc(cf->pool, sizeof(ngx_http_optout_tpl_t));
     if (*tpl == NULL) {
         return NGX_CONF_ERROR;
+    }
+
+    (*tpl)->file = value[1];
+
+    (*tpl)->parts[0] = ngx_http_optout_page_parse(cf, &text, &value[1]);
+    if ((*tpl)->parts[0] == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    for (i = 1; i < NGX_HTTP_OPTOUT_TPL_KINDS; i++) {
+        (*tpl)->parts[i] = (*tpl)->parts[0];
     }
 
     return NGX_CONF_OK;
@@ -124,12 +195,47 @@ failed:
 ngx_http_optout_tpl_t *
 ngx_http_optout_page_default(ngx_conf_t *cf, ngx_uint_t done)
 {
+    ngx_uint_t                    i;
+    ngx_http_optout_tpl_t        *tpl;
+    ngx_http_optout_page_text_t  *page;
+
+    page = done ? ngx_http_optout_page_done : ngx_http_optout_page_confirm;
+
+    tpl = ngx_pcalloc(cf->pool, sizeof(ngx_http_optout_tpl_t));
+    if (tpl == NULL) {
+        return NULL;
+    }
+
+    ngx_str_set(&tpl->file, "built-in page");
+
+    for (i = 0; i < NGX_HTTP_OPTOUT_TPL_KINDS; i++) {
+        tpl->parts[i] = ngx_http_optout_page_build(cf, &page[i]);
+        if (tpl->parts[i] == NULL) {
+            return NULL;
+        }
+    }
+
+    return tpl;
+}
+
+
+static ngx_array_t *
+ngx_http_optout_page_build(ngx_conf_t *cf, ngx_http_optout_page_text_t *page)
+{
     u_char     *p;
-    ngx_str_t   text, name, *body;
+    ngx_str_t   text, name;
 
-    body = done ? &ngx_http_optout_page_done : &ngx_http_optout_page_confirm;
+    text.len = ngx_http_optout_page_head.len + page->title.len
+               + ngx_http_optout_page_style.len + page->title.len
+               + sizeof("</h1>\n<p>") - 1 + page->text.len
+               + sizeof("</p>\n") - 1
+               + ngx_http_optout_page_tail.len;
 
-    text.len = ngx_http_optout_page_head.len + body->len;
+    if (page->button.len) {
+        text.len += ngx_http_optout_page_form.len + page->button.len
+                    + sizeof("</button>\n</form>\n") - 1;
+    }
+
     text.data = ngx_pnalloc(cf->pool, text.len);
     if (text.data == NULL) {
         return NULL;
@@ -137,7 +243,24 @@ ngx_http_optout_page_default(ngx_conf_t *cf, ngx_uint_t done)
 
     p = ngx_cpymem(text.data, ngx_http_optout_page_head.data,
                    ngx_http_optout_page_head.len);
-    ngx_memcpy(p, body->data, body->len);
+    p = ngx_cpymem(p, page->title.data, page->title.len);
+    p = ngx_cpymem(p, ngx_http_optout_page_style.data,
+                   ngx_http_optout_page_style.len);
+    p = ngx_cpymem(p, page->title.data, page->title.len);
+    p = ngx_cpymem(p, "</h1>\n<p>", sizeof("</h1>\n<p>") - 1);
+    p = ngx_cpymem(p, page->text.data, page->text.len);
+    p = ngx_cpymem(p, "</p>\n", sizeof("</p>\n") - 1);
+
+    if (page->button.len) {
+        p = ngx_cpymem(p, ngx_http_optout_page_form.data,
+                       ngx_http_optout_page_form.len);
+        p = ngx_cpymem(p, page->button.data, page->button.len);
+        p = ngx_cpymem(p, "</button>\n</form>\n",
+                       sizeof("</button>\n</form>\n") - 1);
+    }
+
+    ngx_memcpy(p, ngx_http_optout_page_tail.data,
+               ngx_http_optout_page_tail.len);
 
     ngx_str_set(&name, "built-in page");
 
@@ -145,12 +268,12 @@ ngx_http_optout_page_default(ngx_conf_t *cf, ngx_uint_t done)
 }
 
 
-static ngx_http_optout_tpl_t *
+static ngx_array_t *
 ngx_http_optout_page_parse(ngx_conf_t *cf, ngx_str_t *text, ngx_str_t *file)
 {
     u_char                      *p, *last, *start, *end;
     ngx_uint_t                   i;
-    ngx_http_optout_tpl_t       *tpl;
+    ngx_array_t                 *parts;
     ngx_http_optout_tpl_part_t  *part;
 
     static ngx_str_t  names[] = {
@@ -160,16 +283,9 @@ ngx_http_optout_page_parse(ngx_conf_t *cf, ngx_str_t *text, ngx_str_t *file)
         ngx_string("action")
     };
 
-    tpl = ngx_pcalloc(cf->pool, sizeof(ngx_http_optout_tpl_t));
-    if (tpl == NULL) {
-        return NULL;
-    }
-
-    tpl->file = *file;
-
-    tpl->parts = ngx_array_create(cf->pool, 8,
-                                  sizeof(ngx_http_optout_tpl_part_t));
-    if (tpl->parts == NULL) {
+    parts = ngx_array_create(cf->pool, 8,
+                             sizeof(ngx_http_optout_tpl_part_t));
+    if (parts == NULL) {
         return NULL;
     }
 
@@ -208,7 +324,7 @@ ngx_http_optout_page_parse(ngx_conf_t *cf, ngx_str_t *text, ngx_str_t *file)
         }
 
         if (p > start) {
-            part = ngx_array_push(tpl->parts);
+            part = ngx_array_push(parts);
             if (part == NULL) {
                 return NULL;
             }
@@ -218,7 +334,7 @@ ngx_http_optout_page_parse(ngx_conf_t *cf, ngx_str_t *text, ngx_str_t *file)
             part->var = NGX_HTTP_OPTOUT_TPL_TEXT;
         }
 
-        part = ngx_array_push(tpl->parts);
+        part = ngx_array_push(parts);
         if (part == NULL) {
             return NULL;
         }
@@ -231,7 +347,7 @@ ngx_http_optout_page_parse(ngx_conf_t *cf, ngx_str_t *text, ngx_str_t *file)
     }
 
     if (p > start) {
-        part = ngx_array_push(tpl->parts);
+        part = ngx_array_push(parts);
         if (part == NULL) {
             return NULL;
         }
@@ -241,7 +357,7 @@ ngx_http_optout_page_parse(ngx_conf_t *cf, ngx_str_t *text, ngx_str_t *file)
         part->var = NGX_HTTP_OPTOUT_TPL_TEXT;
     }
 
-    return tpl;
+    return parts;
 }
 
 
@@ -278,7 +394,7 @@ ngx_http_optout_page_send(ngx_http_request_t *r, ngx_http_optout_tpl_t *tpl,
     ngx_buf_t                   *b;
     ngx_int_t                    rc;
     ngx_str_t                    value;
-    ngx_uint_t                   i;
+    ngx_uint_t                   i, kind, nparts;
     ngx_chain_t                  out;
     ngx_table_elt_t             *h;
     ngx_http_optout_tpl_part_t  *part;
@@ -290,10 +406,21 @@ ngx_http_optout_page_send(ngx_http_request_t *r, ngx_http_optout_tpl_t *tpl,
         { ngx_string("X-Frame-Options"), ngx_string("DENY") }
     };
 
-    part = tpl->parts->elts;
+    kind = 0;
+
+    if (ctx->link.dest.type == OPTOUT_DEST_EMAIL) {
+        kind |= NGX_HTTP_OPTOUT_KIND_EMAIL;
+    }
+
+    if (ctx->link.sender_len) {
+        kind |= NGX_HTTP_OPTOUT_KIND_SENDER;
+    }
+
+    part = tpl->parts[kind]->elts;
+    nparts = tpl->parts[kind]->nelts;
     len = 0;
 
-    for (i = 0; i < tpl->parts->nelts; i++) {
+    for (i = 0; i < nparts; i++) {
         if (part[i].var == NGX_HTTP_OPTOUT_TPL_TEXT) {
             len += part[i].text.len;
 
@@ -329,7 +456,7 @@ ngx_http_optout_page_send(ngx_http_request_t *r, ngx_http_optout_tpl_t *tpl,
 
     p = b->last;
 
-    for (i = 0; i < tpl->parts->nelts; i++) {
+    for (i = 0; i < nparts; i++) {
         if (part[i].var == NGX_HTTP_OPTOUT_TPL_TEXT) {
             p = ngx_cpymem(p, part[i].text.data, part[i].text.len);
             continue;

@@ -11,6 +11,7 @@ use Cwd qw(abs_path);
 use Digest::SHA qw(hmac_sha256);
 use File::Basename qw(dirname);
 use File::Spec;
+use File::Temp ();
 use Math::BigInt;
 use MIME::Base64 qw(encode_base64url);
 use Test::More;
@@ -112,8 +113,81 @@ cmp_ok($count{token} // 0, '>=', 6, 'at least 6 token vectors');
 cmp_ok($count{storekey} // 0, '>=', 4, 'at least 4 store key vectors');
 cmp_ok($count{token_ns} // 0, '>=', 3, 'at least 3 namespace token vectors');
 
-# the SMS budget: 15-digit phone, campaign 2^32-1, account-wide: 40 chars
-is(length token('k' x 32, 1, '4294967295', undef, '+999999999999999'), 40,
-   'longest account-wide SMS token is 40 characters');
+# token lengths stated in docs/token-format.md ("Token length"): every
+# phone takes 7 bytes, the campaign 1 byte per 7 bits; each case is
+# [campaign, sender, dest, characters]
+
+my $email254 = ('a' x 64) . '@' . ('b' x 63) . '.' . ('c' x 63) . '.'
+               . ('d' x 61);
+my @lengths = (
+    (map { ([ $_->[0], undef, '+10000000', $_->[1] ],
+            [ $_->[0], undef, '+999999999999999', $_->[1] ]) }
+     [ 0, 35 ], [ 127, 35 ], [ 128, 36 ], [ 16383, 36 ], [ 16384, 38 ],
+     [ 2097151, 38 ], [ 2097152, 39 ], [ 268435455, 39 ],
+     [ 268435456, 40 ], [ 34359738367, 40 ], [ 34359738368, 42 ],
+     [ 4398046511103, 42 ], [ 4398046511104, 43 ],
+     [ '562949953421311', 43 ], [ '562949953421312', 44 ],
+     [ '72057594037927935', 44 ], [ '72057594037927936', 46 ],
+     [ '9223372036854775807', 46 ], [ '9223372036854775808', 47 ],
+     [ '18446744073709551615', 47 ]),
+    [ 42, 'ACME', '+447700900123', 42 ],
+    [ 7, undef, 'a@b.c', 34 ],
+    [ '18446744073709551615', '+123456789012345', $email254, 400 ],
+);
+
+is(length $email254, 254, 'the longest email has 254 characters');
+
+for my $c (@lengths) {
+    my ($campaign, $sender, $dest, $want) = @$c;
+    is(length token('k' x 32, 1, $campaign, $sender, $dest), $want,
+       "Perl: campaign $campaign " . ($sender // '-') . ' '
+       . substr($dest, 0, 16) . ": $want characters");
+}
+
+# the C core agrees, and its decoder takes the longest token and refuses
+# the longer spellings up to and past its 428-character bound
+
+my $ctl = "$root/build/optoutctl";
+
+SKIP: {
+    skip 'build/optoutctl not built', @lengths + 6 unless -x $ctl;
+
+    my $dir = File::Temp::tempdir(CLEANUP => 1);
+    my $kf = "$dir/k.key";
+    open(my $kh, '>', $kf) or die "$kf: $!";
+    print $kh 'k' x 32, "\n";
+    close $kh;
+    chmod 0600, $kf;
+
+    my $longest;
+
+    for my $c (@lengths) {
+        my ($campaign, $sender, $dest, $want) = @$c;
+        my @cmd = ($ctl, 'sign', '--key', $kf, '--campaign', $campaign,
+                   defined $sender ? ('--sender', $sender) : (), $dest);
+        open(my $p, '-|', @cmd) or die "optoutctl: $!";
+        my $tok = do { local $/; <$p> } // '';
+        close $p;
+        $tok =~ s/\n\z//;
+        is(length $tok, $want,
+           "optoutctl sign: campaign $campaign " . ($sender // '-') . ' '
+           . substr($dest, 0, 16) . ": $want characters");
+        $longest = $tok if $want == 400;
+    }
+
+    # the exit status of optoutctl verify: 0 valid, 1 invalid
+    my $verify = sub {
+        my ($tok) = @_;
+        my $out = qx{'$ctl' verify --key '$kf' '$tok' 2>&1};
+        return $? >> 8;
+    };
+
+    is($verify->($longest), 0, 'the 400-character token is valid');
+    is($verify->($longest . 'A'), 1, '401 characters: refused');
+    is($verify->($longest . 'AA'), 1, '402 characters: refused');
+    is($verify->($longest . ('A' x 28)), 1, '428 characters: refused');
+    is($verify->($longest . ('A' x 29)), 1, '429 characters: refused');
+    is($verify->(substr($longest, 0, 399)), 1, '399 characters: refused');
+}
 
 done_testing;
