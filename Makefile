@@ -5,6 +5,8 @@
 #   make run        install what is missing, build, start the quickstart
 #   make fuzz       longer libFuzzer runs of the token decoder and normalizer
 #   make bench      benchmarks in bench/
+#   make deb        Debian packages in build/deb/ (libnginx-mod-http-optout,
+#                   optoutctl)
 
 CC        ?= cc
 FUZZ_CC   ?= clang
@@ -23,7 +25,7 @@ JNL_SRCS  := src/optout_journal.c src/optout_journal.h
 MOD_SRCS  := $(wildcard src/ngx_http_optout_*.c src/ngx_http_optout_*.h) \
              $(MC_SRCS) $(JNL_SRCS)
 
-.PHONY: all module tools deps test unit fuzz fuzz-short run bench clean
+.PHONY: all module tools deps test unit fuzz fuzz-short run bench deb clean
 
 all: module tools
 
@@ -76,6 +78,10 @@ run: deps all
 
 bench: deps all
 	@bash bench/run-all.sh
+
+# built from a copy of the tree in build/deb/src, see tools/build-deb.sh
+deb: deps
+	@bash tools/build-deb.sh
 
 clean:
 	rm -rf $(BUILD)
