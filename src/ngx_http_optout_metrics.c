@@ -82,7 +82,8 @@ static ngx_int_t ngx_http_optout_metrics_servers(ngx_conf_t *cf,
     ngx_http_optout_main_conf_t *omcf, ngx_http_optout_metrics_t *m);
 static ngx_int_t ngx_http_optout_metrics_handler(ngx_http_request_t *r);
 static u_char *ngx_http_optout_metrics_family(u_char *p, u_char *last,
-    ngx_http_optout_metrics_sh_t *sh, ngx_http_optout_family_t *f);
+    ngx_http_optout_metrics_sh_t *sh, ngx_http_optout_family_t *f,
+    ngx_uint_t present);
 static u_char *ngx_http_optout_metrics_histogram(u_char *p, u_char *last,
     ngx_http_optout_metrics_sh_t *sh);
 static u_char *ngx_http_optout_metrics_per_server(u_char *p, u_char *last,
@@ -598,6 +599,7 @@ ngx_http_optout_metrics_handler(ngx_http_request_t *r)
     size_t                         size;
     ngx_int_t                      rc;
     ngx_buf_t                     *b;
+    ngx_uint_t                     present;
     ngx_chain_t                    out;
     ngx_http_optout_family_t      *f;
     ngx_http_optout_metrics_t     *m;
@@ -628,7 +630,10 @@ ngx_http_optout_metrics_handler(ngx_http_request_t *r)
     last = b->end;
 
     for (f = ngx_http_optout_families; f->name; f++) {
-        p = ngx_http_optout_metrics_family(p, last, sh, f);
+        present = (f->slot == NGX_HTTP_OPTOUT_G_CACHE_ENTRIES)
+                  ? (omcf->cache != NULL) : (omcf->pending != NULL);
+
+        p = ngx_http_optout_metrics_family(p, last, sh, f, present);
     }
 
     p = ngx_http_optout_metrics_histogram(p, last, sh);
@@ -663,12 +668,15 @@ ngx_http_optout_metrics_handler(ngx_http_request_t *r)
 }
 
 
+/* a gauge whose owner this configuration lacks is 0, not a stale value */
+
 static u_char *
 ngx_http_optout_metrics_family(u_char *p, u_char *last,
-    ngx_http_optout_metrics_sh_t *sh, ngx_http_optout_family_t *f)
+    ngx_http_optout_metrics_sh_t *sh, ngx_http_optout_family_t *f,
+    ngx_uint_t present)
 {
-    char                    **v;
-    ngx_uint_t                i;
+    char                            **v;
+    ngx_uint_t                        i;
     ngx_http_optout_metrics_shard_t  *first;
 
     first = (ngx_http_optout_metrics_shard_t *) sh->shards;
@@ -678,7 +686,7 @@ ngx_http_optout_metrics_family(u_char *p, u_char *last,
 
     if (f->gauge) {
         return ngx_slprintf(p, last, "%s %uA\n", f->name,
-                            (ngx_atomic_uint_t) sh->g[f->slot]);
+                            present ? (ngx_atomic_uint_t) sh->g[f->slot] : 0);
     }
 
     if (f->label == NULL) {
