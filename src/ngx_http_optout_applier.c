@@ -774,6 +774,8 @@ ngx_http_optout_applier_done(ngx_event_t *ev)
 
     a->busy = 0;
 
+    ngx_http_optout_metric_set(NGX_HTTP_OPTOUT_G_APPLIER_LAG, a->behind);
+
     if (a->err_end != a->err) {
         a->failing = 1;
         a->delay = a->delay ? ngx_min(a->delay * 2,

@@ -254,6 +254,7 @@ ngx_http_optout_batch_wake(ngx_http_optout_batch_slot_t *slot)
         rc = ngx_http_optout_batch_start(r, bc);
 
     } else {
+        ngx_http_optout_metric_inc(NGX_HTTP_OPTOUT_M_QUEUE_TIMEOUT);
         ngx_log_error(NGX_LOG_WARN, c->log, 0,
                       "optout: batch check waited too long for its turn");
 
@@ -426,6 +427,8 @@ ngx_http_optout_batch_send(ngx_http_request_t *r,
 {
     ngx_buf_t  *b;
 
+    ngx_http_optout_metric_batch(bc->status, 1);
+
     if (bc->unverified) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "optout: batch check unverified, allowed by "
@@ -467,6 +470,8 @@ ngx_http_optout_batch_error(ngx_http_request_t *r, ngx_uint_t status,
     ngx_http_optout_batch_ctx_t   bc;
 
     ngx_memzero(&bc, sizeof(ngx_http_optout_batch_ctx_t));
+
+    ngx_http_optout_metric_batch(status, 0);
 
     ngx_http_optout_batch_fail(&bc, status, code, title, detail);
 

@@ -35,6 +35,8 @@ ngx_http_optout_batch_answer(ngx_http_optout_batch_ctx_t *bc,
         if (dests[i].status == NGX_HTTP_OPTOUT_STATUS_ALLOWED) {
             allowed++;
         }
+
+        ngx_http_optout_metric_dest(dests[i].status, bc->unverified);
     }
 
     bc->status = NGX_HTTP_OK;

@@ -181,6 +181,7 @@ ngx_http_optout_batch_refused(ngx_http_optout_main_conf_t *omcf,
     ngx_log_t *log)
 {
     ngx_http_optout_batch_nrefused++;
+    ngx_http_optout_metric_inc(NGX_HTTP_OPTOUT_M_QUEUE_FULL);
 
     if (ngx_http_optout_batch_logged == ngx_time()) {
         return;

@@ -36,6 +36,7 @@ typedef struct {
     ngx_rbtree_node_t            sentinel;
     ngx_queue_t                  queue;     /* most recently used first */
     ngx_msec_t                   nomem_log; /* next "could not allocate" */
+    ngx_uint_t                   count;
 } ngx_http_optout_cache_sh_t;
 
 
@@ -247,6 +248,7 @@ ngx_http_optout_cache_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     ngx_queue_init(&cache->sh->queue);
 
     cache->sh->nomem_log = 0;
+    cache->sh->count = 0;
 
     len = sizeof(" in optout_cache zone \"\"") + shm_zone->shm.name.len;
 
@@ -318,6 +320,8 @@ ngx_http_optout_cache_get(ngx_http_optout_cache_t *cache, u_char *key,
 done:
 
     ngx_shmtx_unlock(&cache->shpool->mutex);
+
+    ngx_http_optout_metric_inc(NGX_HTTP_OPTOUT_M_HIT + (rc == NGX_AGAIN));
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
                    "optout cache get \"%*s\": %i", len, key, rc);
@@ -427,6 +431,8 @@ ngx_http_optout_cache_put(ngx_http_optout_cache_t *cache, u_char *key,
     ngx_rbtree_insert(&cache->sh->rbtree, &cn->node);
 
     ngx_queue_insert_head(&cache->sh->queue, &cn->queue);
+    ngx_http_optout_metric_set(NGX_HTTP_OPTOUT_G_CACHE_ENTRIES,
+                               ++cache->sh->count);
 
 done:
 
@@ -644,6 +650,7 @@ ngx_http_optout_cache_expire(ngx_http_optout_cache_t *cache,
         q = ngx_queue_last(&cache->sh->queue);
         cn = ngx_queue_data(q, ngx_http_optout_cache_node_t, queue);
 
+        ngx_http_optout_metric_inc(NGX_HTTP_OPTOUT_M_EVICTIONS);
         ngx_http_optout_cache_delete(cache, cn);
     }
 }
@@ -656,6 +663,8 @@ ngx_http_optout_cache_delete(ngx_http_optout_cache_t *cache,
     ngx_queue_remove(&cn->queue);
     ngx_rbtree_delete(&cache->sh->rbtree, &cn->node);
     ngx_slab_free_locked(cache->shpool, cn);
+    ngx_http_optout_metric_set(NGX_HTTP_OPTOUT_G_CACHE_ENTRIES,
+                               --cache->sh->count);
 }
 
 

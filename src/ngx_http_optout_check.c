@@ -546,6 +546,8 @@ ngx_http_optout_check_respond(ngx_http_request_t *r,
         }
     }
 
+    ngx_http_optout_metric_inc(NGX_HTTP_OPTOUT_M_CHECK + ctx->status);
+
     status = &ngx_http_optout_status_names[ctx->status];
 
     if (ngx_http_optout_add_header(r, "X-Optout-Status", status->data,

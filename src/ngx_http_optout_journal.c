@@ -499,6 +499,8 @@ ngx_http_optout_journal_fail(ngx_event_t *ev)
                   "not recorded in journal \"%V\", nothing written",
                   b->lines, b->len, &j->file->name);
 
+    ngx_http_optout_metric_journal(b->lines, b->len, 0);
+
     b->len = 0;
     b->lines = 0;
 
@@ -677,7 +679,7 @@ ngx_http_optout_journal_sync(ngx_http_optout_journal_ctx_t *ctx)
 {
     ngx_file_info_t  fi;
 
-    if (fdatasync(ctx->fd) != -1) {
+    if (ngx_http_optout_metric_fdatasync(ctx->fd) != -1) {
         return;
     }
 
@@ -742,6 +744,8 @@ ngx_http_optout_journal_done(ngx_event_t *ev)
     ngx_http_optout_journal_log(j, b, ctx);
 
     rc = (ctx->op == NULL) ? NGX_OK : NGX_ERROR;
+
+    ngx_http_optout_metric_journal(b->lines, b->len, rc == NGX_OK);
 
     b->len = 0;
     b->lines = 0;

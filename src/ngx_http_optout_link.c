@@ -75,6 +75,7 @@ ngx_http_optout_link_handler(ngx_http_request_t *r)
 
     if (ngx_http_optout_link_token(r, &ctx->token) != NGX_OK) {
         ctx->result = NGX_HTTP_OPTOUT_RESULT_INVALID;
+        ngx_http_optout_metric_inc(NGX_HTTP_OPTOUT_M_LINK + ctx->result);
 
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "optout: invalid link: path segments between the "
@@ -90,6 +91,7 @@ ngx_http_optout_link_handler(ngx_http_request_t *r)
 
     if (rc != OPTOUT_OK) {
         ctx->result = NGX_HTTP_OPTOUT_RESULT_INVALID;
+        ngx_http_optout_metric_inc(NGX_HTTP_OPTOUT_M_LINK + ctx->result);
 
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "optout: invalid link token: %s",
@@ -116,6 +118,7 @@ ngx_http_optout_link_handler(ngx_http_request_t *r)
     }
 
     ctx->result = NGX_HTTP_OPTOUT_RESULT_CONFIRM;
+    ngx_http_optout_metric_inc(NGX_HTTP_OPTOUT_M_LINK + ctx->result);
 
     return ngx_http_optout_page_send(r, olcf->confirm_page, ctx);
 }
@@ -323,6 +326,8 @@ ngx_http_optout_link_done(ngx_http_optout_waiter_t *w)
         olcf = ngx_http_get_module_loc_conf(r, ngx_http_optout_module);
         rc = ngx_http_optout_page_send(r, olcf->done_page, ctx);
     }
+
+    ngx_http_optout_metric_inc(NGX_HTTP_OPTOUT_M_LINK + ctx->result);
 
     ngx_http_finalize_request(r, rc);
     ngx_http_run_posted_requests(c);

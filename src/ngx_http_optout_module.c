@@ -175,6 +175,13 @@ static ngx_command_t  ngx_http_optout_commands[] = {
       0,
       NULL },
 
+    { ngx_string("optout_metrics"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_optout_metrics,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("optout_batch_thread_pool"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_str_slot,
@@ -248,6 +255,7 @@ ngx_http_optout_create_main_conf(ngx_conf_t *cf)
      *     omcf->cache = NULL;
      *     omcf->pending = NULL;
      *     omcf->applier = NULL;
+     *     omcf->metrics = NULL;
      *     omcf->store = NULL;
      *     omcf->journal = NULL;
      *     omcf->batch_thread_pool_name = { 0, NULL };
@@ -285,6 +293,10 @@ ngx_http_optout_init_main_conf(ngx_conf_t *cf, void *conf)
         if (omcf->thread_pool == NULL) {
             return NGX_CONF_ERROR;
         }
+    }
+
+    if (ngx_http_optout_metrics_conf(cf, omcf) != NGX_OK) {
+        return NGX_CONF_ERROR;
     }
 
     /* what the journal records, the applier brings to the store */

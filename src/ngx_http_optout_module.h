@@ -36,12 +36,45 @@
 #define NGX_HTTP_OPTOUT_FAIL_OPEN        1
 
 
+/*
+ * Counters of optout_metrics (ngx_http_optout_metrics.c), one slot each;
+ * a family with a label takes consecutive slots.
+ */
+#define NGX_HTTP_OPTOUT_M_LINK           0      /* + RESULT_* */
+#define NGX_HTTP_OPTOUT_M_CHECK          5      /* + STATUS_* */
+#define NGX_HTTP_OPTOUT_M_BATCH          11     /* + M_BATCH_* below */
+#define NGX_HTTP_OPTOUT_M_BATCH_DEST     16     /* + STATUS_* */
+#define NGX_HTTP_OPTOUT_M_QUEUE_FULL     22
+#define NGX_HTTP_OPTOUT_M_QUEUE_TIMEOUT  23
+#define NGX_HTTP_OPTOUT_M_JOURNAL_LINES  24
+#define NGX_HTTP_OPTOUT_M_JOURNAL_BYTES  25
+#define NGX_HTTP_OPTOUT_M_JOURNAL_FAILED 26
+#define NGX_HTTP_OPTOUT_M_HIT            27
+#define NGX_HTTP_OPTOUT_M_MISS           28
+#define NGX_HTTP_OPTOUT_M_EVICTIONS      29
+/* the management API's counters go here, and in the table of metrics.c */
+#define NGX_HTTP_OPTOUT_M_MAX            30
+
+#define NGX_HTTP_OPTOUT_M_BATCH_ANSWERED     0
+#define NGX_HTTP_OPTOUT_M_BATCH_INVALID      1
+#define NGX_HTTP_OPTOUT_M_BATCH_UNAVAILABLE  2
+#define NGX_HTTP_OPTOUT_M_BATCH_REFUSED      3
+#define NGX_HTTP_OPTOUT_M_BATCH_ERROR        4
+
+/* gauges */
+#define NGX_HTTP_OPTOUT_G_PENDING        0
+#define NGX_HTTP_OPTOUT_G_APPLIER_LAG    1
+#define NGX_HTTP_OPTOUT_G_CACHE_ENTRIES  2
+#define NGX_HTTP_OPTOUT_G_MAX            3
+
+
 typedef struct ngx_http_optout_store_s    ngx_http_optout_store_t;
 typedef struct ngx_http_optout_journal_s  ngx_http_optout_journal_t;
 typedef struct ngx_http_optout_waiter_s   ngx_http_optout_waiter_t;
 typedef struct ngx_http_optout_cache_s    ngx_http_optout_cache_t;
 typedef struct ngx_http_optout_pending_s  ngx_http_optout_pending_t;
 typedef struct ngx_http_optout_applier_s  ngx_http_optout_applier_t;
+typedef struct ngx_http_optout_metrics_s  ngx_http_optout_metrics_t;
 
 typedef struct ngx_http_optout_lookup_s    ngx_http_optout_lookup_t;
 
@@ -123,6 +156,7 @@ typedef struct {
     ngx_http_optout_cache_t     *cache;     /* NULL: no optout_cache */
     ngx_http_optout_pending_t   *pending;   /* NULL: no journal */
     ngx_http_optout_applier_t   *applier;   /* set in init_module */
+    ngx_http_optout_metrics_t   *metrics;
 
     ngx_uint_t                   batch_concurrency;
     ngx_uint_t                   batch_queue;
@@ -296,6 +330,24 @@ void ngx_http_optout_cache_remove(ngx_http_optout_cache_t *cache,
     u_char *key, size_t len);
 void ngx_http_optout_cache_rule(ngx_http_request_t *r, u_char *key,
     size_t len, optout_rule_t *rule);
+
+/* ngx_http_optout_metrics.c */
+char *ngx_http_optout_metrics(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_int_t ngx_http_optout_metrics_conf(ngx_conf_t *cf,
+    ngx_http_optout_main_conf_t *omcf);
+void ngx_http_optout_metric_add(ngx_uint_t i, ngx_atomic_uint_t n);
+void ngx_http_optout_metric_set(ngx_uint_t i, ngx_atomic_uint_t v);
+void ngx_http_optout_metric_batch(ngx_uint_t status, ngx_uint_t ran);
+void ngx_http_optout_metric_dest(ngx_uint_t status, ngx_uint_t unverified);
+void ngx_http_optout_metric_journal(ngx_uint_t lines, size_t bytes,
+    ngx_uint_t ok);
+int ngx_http_optout_metric_fdatasync(ngx_fd_t fd);
+void ngx_http_optout_metric_mget(ngx_uint_t server, ngx_uint_t answered,
+    int rc);
+void ngx_http_optout_metric_write(ngx_uint_t server, int rc);
+
+#define ngx_http_optout_metric_inc(i)  ngx_http_optout_metric_add(i, 1)
 
 /* ngx_http_optout_variables.c */
 ngx_int_t ngx_http_optout_add_variables(ngx_conf_t *cf);

@@ -190,6 +190,7 @@ ngx_http_optout_pending_add(ngx_http_optout_pending_t *p, u_char *key,
 
     ngx_rbtree_insert(&p->sh->rbtree, &pn->sn.node);
     p->sh->count++;
+    ngx_http_optout_metric_set(NGX_HTTP_OPTOUT_G_PENDING, p->sh->count);
 
     goto done;
 
@@ -384,6 +385,8 @@ ngx_http_optout_pending_done(ngx_http_optout_pending_t *p, uint64_t pass,
 
         node = next;
     }
+
+    ngx_http_optout_metric_set(NGX_HTTP_OPTOUT_G_PENDING, p->sh->count);
 
     if (p->sh->overflow && p->sh->overflow <= pass) {
         p->sh->overflow = 0;

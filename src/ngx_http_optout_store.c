@@ -643,6 +643,8 @@ ngx_http_optout_mget(ngx_http_optout_store_t *store,
         {
             mg->rc = MEMCACHED_TIMEOUT;
         }
+
+        ngx_http_optout_metric_mget(s, mg->answered[s], mg->rc);
     }
 
     /*
@@ -812,6 +814,9 @@ ngx_http_optout_store_apply(ngx_http_optout_store_t *store, ngx_uint_t optin,
         rc = memcached_add(mc, (char *) key, key_len, (char *) value,
                            value_len, 0, 0);
     }
+
+    ngx_http_optout_metric_write(memcached_generate_hash(mc, (char *) key,
+                                                         key_len), rc);
 
     (void) memcached_pool_release(store->pool, mc);
 

@@ -7,6 +7,7 @@ set -euo pipefail
 pkgs=(make gcc clang libclang-rt-dev perl procps openssl
       nginx nginx-dev memcached libmemcached-dev libssl-dev libjansson-dev
       build-essential dpkg-dev debhelper lintian
+      prometheus
       "$@")
 
 missing=()
@@ -39,4 +40,5 @@ $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" \
 if command -v service >/dev/null; then
     $sudo service nginx stop >/dev/null 2>&1 || true
     $sudo service memcached stop >/dev/null 2>&1 || true
+    $sudo service prometheus stop >/dev/null 2>&1 || true
 fi
