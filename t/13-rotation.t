@@ -47,7 +47,7 @@ like($t->mc_get($t->skey(dest => $d_new)) // '', qr/^1 12 \d+ link sms 2$/,
 is(($t->journal_for($d_old))[0]{kid}, 1, 'key 1 journal: kid 1');
 is(($t->journal_for($d_new))[0]{kid}, 2, 'key 2 journal: kid 2');
 
-my @log = split /\n/, ($t->access_log('logs/optout.log') // '');
+my @log = $t->log_lines('logs/optout.log', qr/^POST 200 r=recorded .* k=2 /, 1);
 ok((grep { /^POST 200 r=recorded .* k=2 / } @log),
    'access log: $optout_key_id 2');
 

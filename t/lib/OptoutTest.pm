@@ -739,6 +739,21 @@ sub access_log {
     return $self->read_file($name || 'logs/access.log');
 }
 
+# the lines of a log once at least $n of them match $re: nginx writes a
+# request's access log line after its response, so a client that has the
+# response may read the log too early (waits up to 5 s)
+sub log_lines {
+    my ($self, $name, $re, $n) = @_;
+    my $deadline = time + 5;
+    my @l;
+    while (1) {
+        @l = split /\n/, ($self->read_file($name) // '');
+        last if scalar(grep { /$re/ } @l) >= $n || time > $deadline;
+        sleep 0.05;
+    }
+    return @l;
+}
+
 # lines of a file (without newlines); a last line without "\n" is kept
 sub file_lines {
     my ($self, $name) = @_;
