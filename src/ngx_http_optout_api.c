@@ -15,6 +15,27 @@
 
 
 typedef struct {
+    char                        *code;
+    char                        *title;
+    char                        *detail;
+} ngx_http_optout_api_invalid_t;
+
+
+static ngx_http_optout_api_invalid_t  ngx_http_optout_api_invalid[] = {
+    { "40001", "Invalid destination",
+      "The destination must be an E.164 phone number (+ and 8 to 15 "
+      "digits) or an email address." },
+    { "40002", "Invalid sender",
+      "The sender must be an E.164 number, a short code or an "
+      "alphanumeric sender ID of up to 11 characters." },
+    { "40005", "Conflicting destination",
+      "The destination was given more than once; give it once." },
+    { "40006", "Conflicting sender",
+      "The sender was given more than once; give it once." }
+};
+
+
+typedef struct {
     ngx_http_optout_ctx_t        base;      /* the module's request ctx */
     ngx_uint_t                   remove;
     ngx_uint_t                   known;     /* the rule removed */
@@ -25,7 +46,7 @@ typedef struct {
 
 static ngx_int_t ngx_http_optout_api_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_optout_api_input(ngx_http_request_t *r,
-    ngx_http_optout_api_ctx_t *ctx);
+    ngx_http_optout_api_ctx_t *ctx, ngx_http_optout_api_invalid_t **inv);
 static void ngx_http_optout_api_looked(ngx_http_optout_lookup_t *lk);
 static void ngx_http_optout_api_timeout(ngx_event_t *ev);
 static void ngx_http_optout_api_cleanup(void *data);
@@ -114,11 +135,12 @@ ngx_http_optout_api_handler(ngx_http_request_t *r)
     ngx_int_t                     rc;
     ngx_uint_t                    i;
     ngx_pool_cleanup_t           *cln;
-    ngx_http_optout_ctx_t        *base;
-    ngx_http_optout_api_ctx_t    *ctx;
-    ngx_http_optout_lookup_t     *lk;
-    ngx_http_optout_loc_conf_t   *olcf;
-    ngx_http_optout_main_conf_t  *omcf;
+    ngx_http_optout_ctx_t          *base;
+    ngx_http_optout_api_ctx_t      *ctx;
+    ngx_http_optout_lookup_t       *lk;
+    ngx_http_optout_loc_conf_t     *olcf;
+    ngx_http_optout_main_conf_t    *omcf;
+    ngx_http_optout_api_invalid_t  *inv;
 
     static u_char  methods[] = "GET, HEAD, POST, DELETE";
 
@@ -153,9 +175,16 @@ ngx_http_optout_api_handler(ngx_http_request_t *r)
 
     ngx_http_set_ctx(r, base, ngx_http_optout_module);
 
-    rc = ngx_http_optout_api_input(r, ctx);
+    inv = NULL;
+
+    rc = ngx_http_optout_api_input(r, ctx, &inv);
     if (rc != NGX_OK) {
         return rc;
+    }
+
+    if (inv) {
+        return ngx_http_optout_api_error(r, NGX_HTTP_BAD_REQUEST, inv->code,
+                                         inv->title, inv->detail);
     }
 
     omcf = ngx_http_get_module_main_conf(r, ngx_http_optout_module);
@@ -212,7 +241,7 @@ ngx_http_optout_api_handler(ngx_http_request_t *r)
 
 static ngx_int_t
 ngx_http_optout_api_input(ngx_http_request_t *r,
-    ngx_http_optout_api_ctx_t *ctx)
+    ngx_http_optout_api_ctx_t *ctx, ngx_http_optout_api_invalid_t **inv)
 {
     ngx_int_t                    rc;
     ngx_str_t                    to, from;
@@ -227,10 +256,8 @@ ngx_http_optout_api_input(ngx_http_request_t *r,
     rc = ngx_http_optout_input(r, olcf->api_destination, &to);
 
     if (rc == NGX_DECLINED) {
-        return ngx_http_optout_api_error(r, NGX_HTTP_BAD_REQUEST, "40005",
-                   "Conflicting destination",
-                   "The destination was given more than once; give it "
-                   "once.");
+        *inv = &ngx_http_optout_api_invalid[2];
+        return NGX_OK;
     }
 
     if (rc != NGX_OK) {
@@ -240,9 +267,8 @@ ngx_http_optout_api_input(ngx_http_request_t *r,
     rc = ngx_http_optout_input(r, olcf->api_sender, &from);
 
     if (rc == NGX_DECLINED) {
-        return ngx_http_optout_api_error(r, NGX_HTTP_BAD_REQUEST, "40006",
-                   "Conflicting sender",
-                   "The sender was given more than once; give it once.");
+        *inv = &ngx_http_optout_api_invalid[3];
+        return NGX_OK;
     }
 
     if (rc != NGX_OK) {
@@ -252,10 +278,8 @@ ngx_http_optout_api_input(ngx_http_request_t *r,
     if (optout_normalize_dest((char *) to.data, to.len, &base->link.dest)
         != OPTOUT_OK)
     {
-        return ngx_http_optout_api_error(r, NGX_HTTP_BAD_REQUEST, "40001",
-                   "Invalid destination",
-                   "The destination must be an E.164 phone number (+ and "
-                   "8 to 15 digits) or an email address.");
+        *inv = &ngx_http_optout_api_invalid[0];
+        return NGX_OK;
     }
 
     base->masked.data = ngx_pnalloc(r->pool, OPTOUT_MASKED_MAX + 1);
@@ -272,10 +296,8 @@ ngx_http_optout_api_input(ngx_http_request_t *r,
                                    &base->link.sender_len)
            != OPTOUT_OK)
     {
-        return ngx_http_optout_api_error(r, NGX_HTTP_BAD_REQUEST, "40002",
-                   "Invalid sender",
-                   "The sender must be an E.164 number, a short code or an "
-                   "alphanumeric sender ID of up to 11 characters.");
+        *inv = &ngx_http_optout_api_invalid[1];
+        return NGX_OK;
     }
 
     rc = ngx_http_optout_namespace(r, olcf, base);
