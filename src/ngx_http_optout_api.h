@@ -46,6 +46,7 @@ struct ngx_http_optout_api_item_s {
     char                             sender[OPTOUT_SENDER_MAX + 1];
     optout_rule_t                    rule;
     double                           time;
+    ngx_uint_t                       absent;    /* memcached said so */
     size_t                           key_len;
     u_char                           key[OPTOUT_STORE_KEY_MAX + 1];
 };

@@ -341,6 +341,8 @@ ngx_http_optout_api_items_classify(ngx_http_optout_api_add_t *ac,
             continue;
         }
 
+        items[i].absent = (rc == NGX_OK && !found[m]);
+
         if (rc == NGX_OK && found[m]) {
             items[i].status = NGX_HTTP_OPTOUT_API_PRESENT;
             items[i].rule = rules[m];
@@ -351,6 +353,7 @@ ngx_http_optout_api_items_classify(ngx_http_optout_api_add_t *ac,
                    == NGX_OK)
         {
             items[i].status = NGX_HTTP_OPTOUT_API_PRESENT;
+            items[i].absent = 0;
         }
 
         m++;
@@ -415,6 +418,7 @@ ngx_http_optout_api_items_record(ngx_http_optout_api_add_t *ac,
 
         ch->optin = 0;
         ch->stored = 0;
+        ch->absent = it->absent;
         ch->rule = it->rule;
         ch->key_len = it->key_len;
         ngx_memcpy(ch->key, it->key, it->key_len);

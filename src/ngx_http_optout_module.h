@@ -89,6 +89,7 @@ struct ngx_http_optout_lookup_s {
 typedef struct {
     ngx_uint_t                   optin;
     ngx_uint_t                   stored;    /* the store write landed */
+    ngx_uint_t                   absent;    /* memcached said: no rule */
     optout_rule_t                rule;      /* opt-out: the rule recorded */
     size_t                       key_len;
     u_char                       key[OPTOUT_STORE_KEY_MAX + 1];

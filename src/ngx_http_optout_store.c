@@ -1008,9 +1008,9 @@ ngx_http_optout_store_write_thread(void *data, ngx_log_t *log)
 
 
 /*
- * Many opt-outs: "add" without replies, in one buffered pass, then the
- * one multi-get with markers on the same connections, which memcached
- * answers after the adds: a key found is stored.  The behaviors are set
+ * Many opt-outs: written without replies, in one buffered pass, then
+ * the one multi-get with markers on the same connections, which memcached
+ * answers after the writes: a key found is stored.  The behaviors are set
  * back only after it (setting them closes the connections).
  */
 
@@ -1054,7 +1054,13 @@ ngx_http_optout_store_write_many(ngx_http_optout_write_ctx_t *ctx,
                                     1);
     }
 
-    for (i = 0, j = 0; rc == MEMCACHED_SUCCESS && i < ctx->n; i++) {
+    /*
+     * libmemcached buffers "set" but sends each "add" at once: a rule that
+     * memcached said it lacks is "set", in reverse order, so that of two
+     * items of one key the first is kept, as "add" would
+     */
+
+    for (i = ctx->n, j = m; rc == MEMCACHED_SUCCESS && i--; /* void */ ) {
         ch = &ctx->changes[i];
 
         if (ch->optin) {
@@ -1063,15 +1069,22 @@ ngx_http_optout_store_write_many(ngx_http_optout_write_ctx_t *ctx,
 
         len = optout_rule_format(&ch->rule, (char *) value);
 
-        rc = memcached_add(mc, (char *) ch->key, ch->key_len, (char *) value,
-                           len, 0, 0);
+        if (ch->absent) {
+            rc = memcached_set(mc, (char *) ch->key, ch->key_len,
+                               (char *) value, len, 0, 0);
+
+        } else {
+            rc = memcached_add(mc, (char *) ch->key, ch->key_len,
+                               (char *) value, len, 0, 0);
+        }
+
         if (rc == MEMCACHED_BUFFERED) {
             rc = MEMCACHED_SUCCESS;
         }
 
+        j--;
         keys[j] = (char *) ch->key;
         lens[j] = ch->key_len;
-        j++;
     }
 
     if (rc == MEMCACHED_SUCCESS) {
