@@ -59,7 +59,8 @@ my $JSON = JSON::PP->new->utf8;
     like($out, qr/\[emerg\] .*"optout_api" and "optout_check" cannot be/,
          'optout_api with optout_check: refused');
 
-    $t->write_conf($t->optout_http(server => 'location /api { optout_api 1; }'));
+    $t->write_conf($t->optout_http(server =>
+        'location /api { optout_api 1; }'));
     ($rc, $out) = $t->nginx_test;
     like($out, qr/\[emerg\].*invalid number of arguments in "optout_api"/,
          'optout_api takes no argument');
