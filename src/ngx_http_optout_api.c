@@ -47,6 +47,8 @@ typedef struct {
 static ngx_int_t ngx_http_optout_api_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_optout_api_input(ngx_http_request_t *r,
     ngx_http_optout_api_ctx_t *ctx, ngx_http_optout_api_invalid_t **inv);
+static ngx_int_t ngx_http_optout_api_lookup(ngx_http_request_t *r,
+    ngx_http_optout_api_ctx_t *ctx);
 static void ngx_http_optout_api_looked(ngx_http_optout_lookup_t *lk);
 static void ngx_http_optout_api_timeout(ngx_event_t *ev);
 static void ngx_http_optout_api_cleanup(void *data);
@@ -132,14 +134,9 @@ ngx_http_optout_api_merge(ngx_conf_t *cf, ngx_http_optout_loc_conf_t *conf)
 static ngx_int_t
 ngx_http_optout_api_handler(ngx_http_request_t *r)
 {
-    ngx_int_t                     rc;
-    ngx_uint_t                    i;
-    ngx_pool_cleanup_t           *cln;
+    ngx_int_t                       rc;
     ngx_http_optout_ctx_t          *base;
     ngx_http_optout_api_ctx_t      *ctx;
-    ngx_http_optout_lookup_t       *lk;
-    ngx_http_optout_loc_conf_t     *olcf;
-    ngx_http_optout_main_conf_t    *omcf;
     ngx_http_optout_api_invalid_t  *inv;
 
     static u_char  methods[] = "GET, HEAD, POST, DELETE";
@@ -187,6 +184,28 @@ ngx_http_optout_api_handler(ngx_http_request_t *r)
                                          inv->title, inv->detail);
     }
 
+    return ngx_http_optout_api_lookup(r, ctx);
+}
+
+
+/*
+ * The rules of the keys: pending on this node, then memcached through
+ * the multi-get that the checks in flight share
+ */
+
+static ngx_int_t
+ngx_http_optout_api_lookup(ngx_http_request_t *r,
+    ngx_http_optout_api_ctx_t *ctx)
+{
+    ngx_int_t                     rc;
+    ngx_uint_t                    i;
+    ngx_pool_cleanup_t           *cln;
+    ngx_http_optout_ctx_t        *base;
+    ngx_http_optout_lookup_t     *lk;
+    ngx_http_optout_loc_conf_t   *olcf;
+    ngx_http_optout_main_conf_t  *omcf;
+
+    base = &ctx->base;
     omcf = ngx_http_get_module_main_conf(r, ngx_http_optout_module);
     olcf = ngx_http_get_module_loc_conf(r, ngx_http_optout_module);
     lk = &base->lookup;

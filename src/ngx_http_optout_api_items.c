@@ -17,6 +17,8 @@
 
 static const char *ngx_http_optout_api_items_rule(json_t *v,
     ngx_http_optout_api_item_t *it, double now);
+static ngx_int_t ngx_http_optout_api_campaign(json_t *f,
+    uint64_t *campaign);
 static ngx_int_t ngx_http_optout_api_since(const char *s, size_t len,
     int64_t *t);
 
@@ -152,51 +154,18 @@ static const char *
 ngx_http_optout_api_items_rule(json_t *v, ngx_http_optout_api_item_t *it,
     double now)
 {
-    int          src;
-    json_t      *f;
-    size_t       i, len;
-    uint64_t     c;
-    const char  *s;
+    int      src;
+    json_t  *f;
 
     it->rule.channel = it->dest.type;
     it->rule.source = OPTOUT_SOURCE_API;
     it->rule.time = (int64_t) now;
     it->time = now;
 
-    f = json_object_get(v, "campaign");
-
-    if (json_is_integer(f)) {
-        if (json_integer_value(f) < 0
-            || (uint64_t) json_integer_value(f) > NGX_HTTP_OPTOUT_CAMPAIGN_MAX)
-        {
-            return "campaign";
-        }
-
-        it->rule.campaign = json_integer_value(f);
-
-    } else if (json_is_string(f)) {
-        s = json_string_value(f);
-        len = json_string_length(f);
-
-        if (len == 0 || len > 11) {
-            return "campaign";
-        }
-
-        for (c = 0, i = 0; i < len; i++) {
-            if (s[i] < '0' || s[i] > '9') {
-                return "campaign";
-            }
-
-            c = c * 10 + (s[i] - '0');
-        }
-
-        if (c > NGX_HTTP_OPTOUT_CAMPAIGN_MAX) {
-            return "campaign";
-        }
-
-        it->rule.campaign = c;
-
-    } else if (f && !json_is_null(f)) {
+    if (ngx_http_optout_api_campaign(json_object_get(v, "campaign"),
+                                     &it->rule.campaign)
+        != NGX_OK)
+    {
         return "campaign";
     }
 
@@ -241,6 +210,60 @@ ngx_http_optout_api_items_rule(json_t *v, ngx_http_optout_api_item_t *it,
     }
 
     return NULL;
+}
+
+
+/* absent or null: 0; an integer or a string of digits up to 2^35-1 */
+
+static ngx_int_t
+ngx_http_optout_api_campaign(json_t *f, uint64_t *campaign)
+{
+    size_t       i, len;
+    uint64_t     c;
+    const char  *s;
+
+    if (f == NULL || json_is_null(f)) {
+        *campaign = 0;
+        return NGX_OK;
+    }
+
+    if (json_is_integer(f)) {
+        if (json_integer_value(f) < 0
+            || (uint64_t) json_integer_value(f) > NGX_HTTP_OPTOUT_CAMPAIGN_MAX)
+        {
+            return NGX_ERROR;
+        }
+
+        *campaign = json_integer_value(f);
+        return NGX_OK;
+    }
+
+    if (!json_is_string(f)) {
+        return NGX_ERROR;
+    }
+
+    s = json_string_value(f);
+    len = json_string_length(f);
+
+    if (len == 0 || len > 11) {
+        return NGX_ERROR;
+    }
+
+    for (c = 0, i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9') {
+            return NGX_ERROR;
+        }
+
+        c = c * 10 + (s[i] - '0');
+    }
+
+    if (c > NGX_HTTP_OPTOUT_CAMPAIGN_MAX) {
+        return NGX_ERROR;
+    }
+
+    *campaign = c;
+
+    return NGX_OK;
 }
 
 

@@ -119,6 +119,9 @@ static ngx_int_t ngx_http_optout_mget_keys(ngx_http_optout_store_t *store,
 static void ngx_http_optout_store_write_thread(void *data, ngx_log_t *log);
 static void ngx_http_optout_store_write_many(ngx_http_optout_write_ctx_t *ctx,
     ngx_uint_t m);
+static memcached_return_t ngx_http_optout_store_write_pass(memcached_st *mc,
+    ngx_http_optout_write_ctx_t *ctx, const char **keys, size_t *lens,
+    ngx_uint_t m);
 static void ngx_http_optout_store_write_done(ngx_event_t *ev);
 static void ngx_http_optout_mget_fetch(memcached_st *mc,
     ngx_http_optout_mget_t *mg);
@@ -1018,7 +1021,7 @@ static void
 ngx_http_optout_store_write_many(ngx_http_optout_write_ctx_t *ctx,
     ngx_uint_t m)
 {
-    size_t                     len, *lens;
+    size_t                    *lens;
     u_char                    *found;
     ngx_uint_t                 i, j;
     const char               **keys;
@@ -1026,7 +1029,6 @@ ngx_http_optout_store_write_many(ngx_http_optout_write_ctx_t *ctx,
     optout_rule_t             *rules;
     memcached_return_t         rc;
     ngx_http_optout_change_t  *ch;
-    u_char                     value[OPTOUT_VALUE_MAX];
 
     keys = malloc(m * sizeof(char *));
     lens = malloc(m * sizeof(size_t));
@@ -1054,37 +1056,8 @@ ngx_http_optout_store_write_many(ngx_http_optout_write_ctx_t *ctx,
                                     1);
     }
 
-    /*
-     * libmemcached buffers "set" but sends each "add" at once: a rule that
-     * memcached said it lacks is "set", in reverse order, so that of two
-     * items of one key the first is kept, as "add" would
-     */
-
-    for (i = ctx->n, j = m; rc == MEMCACHED_SUCCESS && i--; /* void */ ) {
-        ch = &ctx->changes[i];
-
-        if (ch->optin) {
-            continue;
-        }
-
-        len = optout_rule_format(&ch->rule, (char *) value);
-
-        if (ch->absent) {
-            rc = memcached_set(mc, (char *) ch->key, ch->key_len,
-                               (char *) value, len, 0, 0);
-
-        } else {
-            rc = memcached_add(mc, (char *) ch->key, ch->key_len,
-                               (char *) value, len, 0, 0);
-        }
-
-        if (rc == MEMCACHED_BUFFERED) {
-            rc = MEMCACHED_SUCCESS;
-        }
-
-        j--;
-        keys[j] = (char *) ch->key;
-        lens[j] = ch->key_len;
+    if (rc == MEMCACHED_SUCCESS) {
+        rc = ngx_http_optout_store_write_pass(mc, ctx, keys, lens, m);
     }
 
     if (rc == MEMCACHED_SUCCESS) {
@@ -1128,6 +1101,57 @@ done:
     free(lens);
     free(found);
     free(rules);
+}
+
+
+/*
+ * libmemcached buffers "set" but sends each "add" at once: a rule that
+ * memcached said it lacks is "set", in reverse order, so that of two
+ * items of one key the first is kept, as "add" would.  keys[] and lens[]
+ * get the m opt-outs in request order.
+ */
+
+static memcached_return_t
+ngx_http_optout_store_write_pass(memcached_st *mc,
+    ngx_http_optout_write_ctx_t *ctx, const char **keys, size_t *lens,
+    ngx_uint_t m)
+{
+    size_t                     len;
+    ngx_uint_t                 i, j;
+    memcached_return_t         rc;
+    ngx_http_optout_change_t  *ch;
+    u_char                     value[OPTOUT_VALUE_MAX];
+
+    rc = MEMCACHED_SUCCESS;
+
+    for (i = ctx->n, j = m; rc == MEMCACHED_SUCCESS && i--; /* void */ ) {
+        ch = &ctx->changes[i];
+
+        if (ch->optin) {
+            continue;
+        }
+
+        len = optout_rule_format(&ch->rule, (char *) value);
+
+        if (ch->absent) {
+            rc = memcached_set(mc, (char *) ch->key, ch->key_len,
+                               (char *) value, len, 0, 0);
+
+        } else {
+            rc = memcached_add(mc, (char *) ch->key, ch->key_len,
+                               (char *) value, len, 0, 0);
+        }
+
+        if (rc == MEMCACHED_BUFFERED) {
+            rc = MEMCACHED_SUCCESS;
+        }
+
+        j--;
+        keys[j] = (char *) ch->key;
+        lens[j] = ch->key_len;
+    }
+
+    return rc;
 }
 
 
