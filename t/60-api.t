@@ -255,6 +255,34 @@ is(check($B), '403 9', 'the default namespace keeps its rule');
 @j = grep { $_->{ns} eq 'tenant1' } $t->journal_for($B);
 is(join(',', map { $_->{action} } @j), 'optout,optin', 'tenant1 journal');
 
+# ---- a frozen memcached: the API answers, the worker keeps serving
+
+$t->memcached_freeze;
+my @pings;
+my @res = OptoutTest::run_parallel(3, sub {
+    my ($i) = @_;
+    my $r = $i == 0
+        ? add({ destination => '+447700900340', campaign => 40 })
+        : $i == 1
+        ? api('POST', '/api', $JSON->encode([map { { destination => $_ } }
+                                             '+447700900341',
+                                             '+447700900342']))
+        : api('DELETE', '/api' . qs($C));
+    return { status => $r->{status},
+             what => $r->{json}{added} // $r->{json}{removed}{scope} // '' };
+}, sub {
+    for (1 .. 5) {
+        push @pings, $t->get('/ping')->{status};
+        sleep 0.05;
+    }
+});
+$t->memcached_thaw;
+is_deeply([map { "$_->{status} $_->{what}" } @res],
+          ['200 1', '200 2', '200 account'],
+          'frozen memcached: add, array and removal answered');
+is_deeply(\@pings, [204, 204, 204, 204, 204],
+          'the worker served other requests meanwhile');
+
 # ---- memcached stopped: writes are journaled and answered, then delivered
 
 my $D = '+447700900320';
