@@ -229,7 +229,7 @@ ngx_http_optout_applier_cleanup(void *data)
 }
 
 
-/* the opt-outs of the unapplied tail go into the pending set */
+/* the opt-outs of the unapplied tail go into the pending set, in order */
 
 static ngx_int_t
 ngx_http_optout_applier_scan(ngx_cycle_t *cycle,
@@ -277,13 +277,20 @@ ngx_http_optout_applier_scan(ngx_cycle_t *cycle,
 
         if (optout_journal_parse((char *) line, len, &e, NULL, 0)
                != OPTOUT_OK
-            || e.optin
             || optout_journal_key(&e, omcf->store_mac,
                                   (char *) omcf->store_prefix.data,
                                   omcf->store_prefix.len, key, &key_len)
                != OPTOUT_OK)
         {
             /* the applier reports such lines */
+            continue;
+        }
+
+        /* a later opt-in ends what an earlier opt-out of the tail began */
+
+        if (e.optin) {
+            ngx_http_optout_pending_remove(omcf->pending, (u_char *) key,
+                                           key_len);
             continue;
         }
 

@@ -20,8 +20,6 @@ static ngx_int_t ngx_http_optout_batch_init(ngx_http_request_t *r,
 static void ngx_http_optout_batch_wake(ngx_http_optout_batch_slot_t *slot);
 static ngx_int_t ngx_http_optout_batch_start(ngx_http_request_t *r,
     ngx_http_optout_batch_ctx_t *bc);
-static ngx_int_t ngx_http_optout_batch_copy_body(ngx_http_request_t *r,
-    ngx_http_optout_batch_ctx_t *bc);
 static void ngx_http_optout_batch_thread(void *data, ngx_log_t *log);
 static void ngx_http_optout_batch_done(ngx_event_t *ev);
 static ngx_int_t ngx_http_optout_batch_send(ngx_http_request_t *r,
@@ -309,7 +307,7 @@ failed:
 
 /* memory is copied now, file parts are read by the thread */
 
-static ngx_int_t
+ngx_int_t
 ngx_http_optout_batch_copy_body(ngx_http_request_t *r,
     ngx_http_optout_batch_ctx_t *bc)
 {
@@ -363,21 +361,11 @@ ngx_http_optout_batch_thread(void *data, ngx_log_t *log)
 {
     ngx_http_optout_batch_ctx_t *bc = data;
 
-    ssize_t                        n;
-    ngx_uint_t                     i;
     ngx_http_optout_batch_list_t   list;
     ngx_http_optout_batch_dest_t  *dests;
 
-    for (i = 0; i < bc->nsegments; i++) {
-        n = pread(bc->fd, bc->segments[i].dst, bc->segments[i].len,
-                  bc->segments[i].offset);
-
-        if (n != (ssize_t) bc->segments[i].len) {
-            ngx_http_optout_batch_fail(bc, NGX_HTTP_INTERNAL_SERVER_ERROR,
-                                       "50000", "Internal error",
-                                       "The request body could not be read.");
-            return;
-        }
+    if (ngx_http_optout_batch_read_body(bc) != NGX_OK) {
+        return;
     }
 
     ngx_memzero(&list, sizeof(ngx_http_optout_batch_list_t));
@@ -392,6 +380,30 @@ ngx_http_optout_batch_thread(void *data, ngx_log_t *log)
     }
 
     ngx_http_optout_batch_list_free(&list);
+}
+
+
+/* in a thread: the parts of the body in a file; the error is answered */
+
+ngx_int_t
+ngx_http_optout_batch_read_body(ngx_http_optout_batch_ctx_t *bc)
+{
+    ssize_t     n;
+    ngx_uint_t  i;
+
+    for (i = 0; i < bc->nsegments; i++) {
+        n = pread(bc->fd, bc->segments[i].dst, bc->segments[i].len,
+                  bc->segments[i].offset);
+
+        if (n != (ssize_t) bc->segments[i].len) {
+            ngx_http_optout_batch_fail(bc, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                       "50000", "Internal error",
+                                       "The request body could not be read.");
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
 }
 
 

@@ -114,6 +114,11 @@ typedef struct {
 } ngx_http_optout_batch_ctx_t;
 
 
+/* ngx_http_optout_batch.c */
+ngx_int_t ngx_http_optout_batch_copy_body(ngx_http_request_t *r,
+    ngx_http_optout_batch_ctx_t *bc);
+ngx_int_t ngx_http_optout_batch_read_body(ngx_http_optout_batch_ctx_t *bc);
+
 /* ngx_http_optout_batch_queue.c */
 ngx_int_t ngx_http_optout_batch_slot_get(ngx_http_optout_main_conf_t *omcf,
     ngx_http_optout_batch_slot_t *slot, ngx_log_t *log);

@@ -2,10 +2,9 @@
 /*
  * The link location: GET and HEAD show a confirmation page and change
  * nothing (scanners and previewers fetch every link); POST, from the page's
- * form or as an RFC 8058 one-click request, records the opt-out in the
- * journal and the store and then answers with a confirmation page.  When
- * the store write fails, the journal applier writes the line later, and
- * the pending set answers checks of this node meanwhile.
+ * form or as an RFC 8058 one-click request, records the opt-out (the
+ * rule file's write path: journal, store, cache, pending set) and then
+ * answers with a confirmation page.
  */
 
 
@@ -20,7 +19,7 @@ static ngx_int_t ngx_http_optout_link_token(ngx_http_request_t *r,
     ngx_str_t *token);
 static ngx_int_t ngx_http_optout_link_record(ngx_http_request_t *r,
     ngx_http_optout_ctx_t *ctx);
-static void ngx_http_optout_link_done(ngx_http_optout_waiter_t *w);
+static void ngx_http_optout_link_done(ngx_http_optout_record_t *rec);
 
 
 char *
@@ -176,36 +175,30 @@ ngx_http_optout_link_token(ngx_http_request_t *r, ngx_str_t *token)
 static ngx_int_t
 ngx_http_optout_link_record(ngx_http_request_t *r, ngx_http_optout_ctx_t *ctx)
 {
-    size_t                        value_len, line_len;
-    u_char                       *line;
-    ngx_int_t                     rc;
-    ngx_time_t                   *tp;
-    optout_rule_t                *rule;
-    optout_journal_rec_t          rec;
-    ngx_http_optout_main_conf_t  *omcf;
-    char                          value[OPTOUT_VALUE_MAX + 1];
+    u_char                    *line;
+    ngx_int_t                  rc;
+    ngx_time_t                *tp;
+    optout_rule_t             *rule;
+    optout_journal_rec_t       rec;
+    ngx_http_optout_change_t  *ch;
 
     rc = ngx_http_discard_request_body(r);
     if (rc != NGX_OK) {
         return rc;
     }
 
-    omcf = ngx_http_get_module_main_conf(r, ngx_http_optout_module);
+    ch = &ctx->change;
 
-    if (optout_store_key(omcf->store_mac, (char *) omcf->store_prefix.data,
-                         omcf->store_prefix.len, (char *) ctx->ns.data,
-                         ctx->ns.len, ctx->link.sender, ctx->link.sender_len,
-                         &ctx->link.dest, (char *) ctx->keys[0],
-                         &ctx->key_len)
-        != OPTOUT_OK)
+    if (ngx_http_optout_rule_key(r, &ctx->ns, ctx->link.sender,
+                                 ctx->link.sender_len, &ctx->link.dest,
+                                 ch->key, &ch->key_len)
+        != NGX_OK)
     {
-        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
-                      "optout: cannot derive the store key");
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     tp = ngx_timeofday();
-    rule = &ctx->rule;
+    rule = &ch->rule;
 
     rule->campaign = ctx->link.campaign;
     rule->time = tp->sec;
@@ -213,11 +206,9 @@ ngx_http_optout_link_record(ngx_http_request_t *r, ngx_http_optout_ctx_t *ctx)
     rule->channel = ctx->link.dest.type;
     rule->key_id = ctx->link.key_id;
 
-    value_len = optout_rule_format(rule, value);
+    ctx->rule = *rule;
 
-    /* this nginx answers checks of this destination as blocked at once */
-
-    ngx_http_optout_cache_rule(r, ctx->keys[0], ctx->key_len, rule);
+    ngx_memzero(&rec, sizeof(optout_journal_rec_t));
 
     rec.time = tp->sec + tp->msec / 1000.0;
     rec.action = "optout";
@@ -228,96 +219,54 @@ ngx_http_optout_link_record(ngx_http_request_t *r, ngx_http_optout_ctx_t *ctx)
     rec.sender_len = ctx->link.sender_len;
     rec.campaign = ctx->link.campaign;
     rec.source = OPTOUT_SOURCE_LINK;
-    rec.client = (char *) r->connection->addr_text.data;
-    rec.client_len = r->connection->addr_text.len;
     rec.key_id = ctx->link.key_id;
+
+    ngx_http_optout_rule_who(r, &rec);
 
     line = ngx_pnalloc(r->pool, NGX_HTTP_OPTOUT_JOURNAL_LINE);
     if (line == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    line_len = optout_journal_format(&rec, (char *) line,
-                                     NGX_HTTP_OPTOUT_JOURNAL_LINE);
-    if (line_len == 0) {
+    ctx->record.len = optout_journal_format(&rec, (char *) line,
+                                            NGX_HTTP_OPTOUT_JOURNAL_LINE);
+    if (ctx->record.len == 0) {
         ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
                       "optout: journal line too long");
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    ctx->journal_waiter.handler = ngx_http_optout_link_done;
-    ctx->journal_waiter.data = r;
-    ctx->store_waiter.handler = ngx_http_optout_link_done;
-    ctx->store_waiter.data = r;
+    ctx->record.request = r;
+    ctx->record.changes = ch;
+    ctx->record.n = 1;
+    ctx->record.lines = line;
+    ctx->record.handler = ngx_http_optout_link_done;
+    ctx->record.data = ctx;
 
-    if (ngx_http_optout_journal_append(omcf->journal, line, line_len,
-                                       &ctx->journal_waiter)
-        != NGX_OK)
-    {
+    if (ngx_http_optout_rule_record(&ctx->record) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    ctx->pending = 1;
-
-    /* the journal has the opt-out even if the store cannot take it now */
-
-    if (ngx_http_optout_store_add(r, omcf->store, ctx->keys[0],
-                                  ctx->key_len, (u_char *) value, value_len,
-                                  &ctx->store_waiter)
-        == NGX_OK)
-    {
-        ctx->pending++;
-
-    } else {
-        ctx->store_waiter.rc = NGX_DECLINED;
-    }
-
-    /* both completions come from the event loop, never from here */
-
     r->main->count++;
-
-    ngx_http_optout_hold(r, &ctx->hold);
 
     return NGX_DONE;
 }
 
 
 static void
-ngx_http_optout_link_done(ngx_http_optout_waiter_t *w)
+ngx_http_optout_link_done(ngx_http_optout_record_t *rec)
 {
-    ngx_http_request_t *r = w->data;
+    ngx_http_optout_ctx_t *ctx = rec->data;
 
-    ngx_int_t                     rc;
-    ngx_connection_t             *c;
-    ngx_http_optout_ctx_t        *ctx;
-    ngx_http_optout_loc_conf_t   *olcf;
-    ngx_http_optout_main_conf_t  *omcf;
+    ngx_int_t                    rc;
+    ngx_connection_t            *c;
+    ngx_http_request_t          *r;
+    ngx_http_optout_loc_conf_t  *olcf;
 
-    ctx = ngx_http_get_module_ctx(r, ngx_http_optout_module);
-
-    if (--ctx->pending) {
-        return;
-    }
-
+    r = rec->request;
     c = r->connection;
 
-    if (ctx->journal_waiter.rc == NGX_OK && ctx->store_waiter.rc != NGX_OK) {
-
-        /* recorded, but not in memcached: never "allowed" meanwhile */
-
-        omcf = ngx_http_get_module_main_conf(r, ngx_http_optout_module);
-
-        (void) ngx_http_optout_pending_add(omcf->pending, ctx->keys[0],
-                                           ctx->key_len, &ctx->rule,
-                                           c->log);
-        ngx_http_optout_pending_kick(omcf->pending);
-    }
-
-    if (ngx_http_optout_resume(r, &ctx->hold) == NGX_DONE) {
-        return;
-    }
-
-    if (ctx->journal_waiter.rc != NGX_OK) {
+    if (rec->rc != NGX_OK) {
         ctx->result = NGX_HTTP_OPTOUT_RESULT_ERROR;
         rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
 

@@ -133,6 +133,13 @@ static ngx_command_t  ngx_http_optout_commands[] = {
       0,
       NULL },
 
+    { ngx_string("optout_api"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_optout_api,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("optout_check_destination"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
       ngx_http_optout_input_set,
@@ -326,10 +333,13 @@ ngx_http_optout_create_loc_conf(ngx_conf_t *cf)
      *
      *     olcf->confirm_page = NULL;
      *     olcf->done_page = NULL;
+     *     olcf->api_destination = NULL;
+     *     olcf->api_sender = NULL;
      */
 
     olcf->link = NGX_CONF_UNSET;
     olcf->check = NGX_CONF_UNSET;
+    olcf->api = NGX_CONF_UNSET;
     olcf->namespace = NGX_CONF_UNSET_PTR;
     olcf->check_destination = NGX_CONF_UNSET_PTR;
     olcf->check_sender = NGX_CONF_UNSET_PTR;
@@ -350,6 +360,7 @@ ngx_http_optout_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     ngx_conf_merge_value(conf->link, prev->link, 0);
     ngx_conf_merge_value(conf->check, prev->check, 0);
+    ngx_conf_merge_value(conf->api, prev->api, 0);
     ngx_conf_merge_ptr_value(conf->namespace, prev->namespace, NULL);
     ngx_conf_merge_ptr_value(conf->check_destination,
                              prev->check_destination, NULL);
@@ -360,6 +371,10 @@ ngx_http_optout_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     if (conf->check && ngx_http_optout_check_merge(cf, conf) != NGX_CONF_OK)
     {
+        return NGX_CONF_ERROR;
+    }
+
+    if (conf->api && ngx_http_optout_api_merge(cf, conf) != NGX_CONF_OK) {
         return NGX_CONF_ERROR;
     }
 

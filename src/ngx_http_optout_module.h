@@ -77,9 +77,11 @@ typedef struct ngx_http_optout_applier_s  ngx_http_optout_applier_t;
 typedef struct ngx_http_optout_metrics_s  ngx_http_optout_metrics_t;
 
 typedef struct ngx_http_optout_lookup_s    ngx_http_optout_lookup_t;
+typedef struct ngx_http_optout_record_s    ngx_http_optout_record_t;
 
 typedef void (*ngx_http_optout_done_pt)(ngx_http_optout_waiter_t *w);
 typedef void (*ngx_http_optout_lookup_pt)(ngx_http_optout_lookup_t *lk);
+typedef void (*ngx_http_optout_record_pt)(ngx_http_optout_record_t *rec);
 
 
 /* one asynchronous operation a request waits for */
@@ -113,6 +115,37 @@ struct ngx_http_optout_lookup_s {
     ngx_int_t                    rc;
     ngx_http_optout_lookup_pt    handler;
     void                        *data;
+};
+
+
+/* one opt-out or opt-in of one rule, as the journal and the store take it */
+typedef struct {
+    ngx_uint_t                   optin;
+    ngx_uint_t                   stored;    /* the store write landed */
+    ngx_uint_t                   absent;    /* memcached said: no rule */
+    optout_rule_t                rule;      /* opt-out: the rule recorded */
+    size_t                       key_len;
+    u_char                       key[OPTOUT_STORE_KEY_MAX + 1];
+} ngx_http_optout_change_t;
+
+
+/*
+ * Changes recorded for one request (ngx_http_optout_rule.c): their
+ * journal lines, one group write, then the store, the cache and the
+ * pending set.  rc: NGX_OK once the lines are in the journal.
+ */
+struct ngx_http_optout_record_s {
+    ngx_http_request_t          *request;
+    ngx_http_optout_change_t    *changes;
+    ngx_uint_t                   n;
+    u_char                      *lines;
+    size_t                       len;
+    ngx_http_optout_record_pt    handler;
+    void                        *data;
+    ngx_int_t                    rc;
+    ngx_http_optout_waiter_t     journal_waiter;
+    ngx_http_optout_waiter_t     store_waiter;
+    ngx_event_t                  hold;
 };
 
 
@@ -178,7 +211,10 @@ typedef struct {
 typedef struct {
     ngx_flag_t                   link;
     ngx_flag_t                   check;
+    ngx_flag_t                   api;
     ngx_http_complex_value_t    *namespace;
+    ngx_array_t                 *api_destination;    /* input sources */
+    ngx_array_t                 *api_sender;
     ngx_array_t                 *check_destination;  /* input sources */
     ngx_array_t                 *check_sender;
     ngx_msec_t                   check_timeout;
@@ -195,11 +231,8 @@ typedef struct {
     ngx_str_t                    token;
     ngx_str_t                    ns;
 
-    ngx_uint_t                   pending;
-    ngx_http_optout_waiter_t     journal_waiter;
-    ngx_http_optout_waiter_t     store_waiter;
-    ngx_event_t                  hold;
-    size_t                       key_len;   /* the link's store key */
+    ngx_http_optout_record_t     record;
+    ngx_http_optout_change_t     change;
 
     /* the send-time check */
     ngx_uint_t                   status;
@@ -240,6 +273,22 @@ ngx_int_t ngx_http_optout_input(ngx_http_request_t *r, ngx_array_t *sources,
 /* ngx_http_optout_link.c */
 char *ngx_http_optout_link(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 
+/* ngx_http_optout_rule.c */
+ngx_int_t ngx_http_optout_rule_key(ngx_http_request_t *r, ngx_str_t *ns,
+    const char *sender, size_t sender_len, optout_dest_t *dest, u_char *key,
+    size_t *key_len);
+void ngx_http_optout_rule_who(ngx_http_request_t *r,
+    optout_journal_rec_t *rec);
+ngx_int_t ngx_http_optout_rule_record(ngx_http_optout_record_t *rec);
+
+/* ngx_http_optout_api.c */
+char *ngx_http_optout_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+char *ngx_http_optout_api_merge(ngx_conf_t *cf,
+    ngx_http_optout_loc_conf_t *conf);
+
+/* ngx_http_optout_api_add.c */
+ngx_int_t ngx_http_optout_api_add_handler(ngx_http_request_t *r);
+
 /* ngx_http_optout_check.c */
 char *ngx_http_optout_check(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 char *ngx_http_optout_check_merge(ngx_conf_t *cf,
@@ -277,9 +326,9 @@ void ngx_http_optout_store_lookup_cancel(ngx_http_optout_lookup_t *lk);
 ngx_int_t ngx_http_optout_store_mget(ngx_http_optout_store_t *store,
     const char **keys, size_t *lens, ngx_uint_t n, u_char *found,
     optout_rule_t *rules);
-ngx_int_t ngx_http_optout_store_add(ngx_http_request_t *r,
-    ngx_http_optout_store_t *store, u_char *key, size_t key_len,
-    u_char *value, size_t value_len, ngx_http_optout_waiter_t *w);
+ngx_int_t ngx_http_optout_store_write(ngx_http_request_t *r,
+    ngx_http_optout_store_t *store, ngx_http_optout_change_t *changes,
+    ngx_uint_t n, ngx_http_optout_waiter_t *w);
 const char *ngx_http_optout_store_apply(ngx_http_optout_store_t *store,
     ngx_uint_t optin, u_char *key, size_t key_len, u_char *value,
     size_t value_len);
@@ -301,6 +350,8 @@ ngx_int_t ngx_http_optout_pending_conf(ngx_conf_t *cf,
     ngx_http_optout_main_conf_t *omcf);
 ngx_int_t ngx_http_optout_pending_add(ngx_http_optout_pending_t *p,
     u_char *key, size_t len, optout_rule_t *rule, ngx_log_t *log);
+void ngx_http_optout_pending_remove(ngx_http_optout_pending_t *p,
+    u_char *key, size_t len);
 ngx_int_t ngx_http_optout_pending_find(ngx_http_optout_pending_t *p,
     u_char *key, size_t len, optout_rule_t *rule);
 ngx_int_t ngx_http_optout_pending_claim(ngx_http_optout_pending_t *p);

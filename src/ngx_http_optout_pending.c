@@ -216,6 +216,38 @@ done:
 }
 
 
+/* an opt-in recorded in the journal: its opt-out no longer blocks */
+
+void
+ngx_http_optout_pending_remove(ngx_http_optout_pending_t *p, u_char *key,
+    size_t len)
+{
+    ngx_str_t                        k;
+    ngx_http_optout_pending_node_t  *pn;
+
+    if (p == NULL) {
+        return;
+    }
+
+    k.data = key;
+    k.len = len;
+
+    ngx_shmtx_lock(&p->shpool->mutex);
+
+    pn = (ngx_http_optout_pending_node_t *)
+             ngx_str_rbtree_lookup(&p->sh->rbtree, &k,
+                                   ngx_crc32_short(key, len));
+
+    if (pn) {
+        ngx_rbtree_delete(&p->sh->rbtree, &pn->sn.node);
+        ngx_slab_free_locked(p->shpool, pn);
+        p->sh->count--;
+    }
+
+    ngx_shmtx_unlock(&p->shpool->mutex);
+}
+
+
 /*
  * Safe in a thread.  NGX_OK: the key is pending, *rule is its rule;
  * NGX_DECLINED: it is not; NGX_BUSY: the set overflowed and cannot tell.

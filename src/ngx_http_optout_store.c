@@ -88,15 +88,15 @@ struct ngx_http_optout_store_s {
 };
 
 
+/* the store writes of one recorded change set */
+
 typedef struct {
     ngx_http_optout_store_t     *store;
     ngx_http_optout_waiter_t    *waiter;
+    ngx_http_optout_change_t    *changes;
+    ngx_uint_t                   n;
     const char                  *error;
-    size_t                       key_len;
-    size_t                       value_len;
-    u_char                       key[OPTOUT_STORE_KEY_MAX];
-    u_char                       value[OPTOUT_VALUE_MAX];
-} ngx_http_optout_add_ctx_t;
+} ngx_http_optout_write_ctx_t;
 
 
 static ngx_http_optout_shared_t *ngx_http_optout_shared_get(
@@ -111,12 +111,22 @@ static ngx_uint_t ngx_http_optout_mget_find(ngx_http_optout_mget_t *mg,
     const char *key, size_t len);
 static void ngx_http_optout_mget(ngx_http_optout_store_t *store,
     ngx_http_optout_mget_t *mg);
+static void ngx_http_optout_mget_on(ngx_http_optout_store_t *store,
+    memcached_st *mc, ngx_http_optout_mget_t *mg);
+static ngx_int_t ngx_http_optout_mget_keys(ngx_http_optout_store_t *store,
+    memcached_st *mc, const char **keys, size_t *lens, ngx_uint_t n,
+    u_char *found, optout_rule_t *rules);
+static void ngx_http_optout_store_write_thread(void *data, ngx_log_t *log);
+static void ngx_http_optout_store_write_many(ngx_http_optout_write_ctx_t *ctx,
+    ngx_uint_t m);
+static memcached_return_t ngx_http_optout_store_write_pass(memcached_st *mc,
+    ngx_http_optout_write_ctx_t *ctx, const char **keys, size_t *lens,
+    ngx_uint_t m);
+static void ngx_http_optout_store_write_done(ngx_event_t *ev);
 static void ngx_http_optout_mget_fetch(memcached_st *mc,
     ngx_http_optout_mget_t *mg);
 static ngx_int_t ngx_http_optout_mget_answer(ngx_http_optout_mget_t *mg,
     ngx_uint_t i);
-static void ngx_http_optout_store_add_thread(void *data, ngx_log_t *log);
-static void ngx_http_optout_store_add_done(ngx_event_t *ev);
 
 
 char *
@@ -588,18 +598,30 @@ static void
 ngx_http_optout_mget(ngx_http_optout_store_t *store,
     ngx_http_optout_mget_t *mg)
 {
-    uint32_t             s;
-    ngx_uint_t           i, incomplete, marker[OPTOUT_MARKERS_MAX];
     memcached_st        *mc;
     memcached_return_t   rc;
 
-    mg->nkeys = mg->total;
-
     mc = memcached_pool_fetch(store->pool, &store->wait, &rc);
     if (mc == NULL) {
+        mg->nkeys = mg->total;
         mg->rc = (rc == MEMCACHED_SUCCESS) ? MEMCACHED_FAILURE : rc;
         return;
     }
+
+    ngx_http_optout_mget_on(store, mc, mg);
+
+    (void) memcached_pool_release(store->pool, mc);
+}
+
+
+static void
+ngx_http_optout_mget_on(ngx_http_optout_store_t *store, memcached_st *mc,
+    ngx_http_optout_mget_t *mg)
+{
+    uint32_t             s;
+    ngx_uint_t           i, incomplete, marker[OPTOUT_MARKERS_MAX];
+
+    mg->nkeys = mg->total;
 
     for (i = 0; i < store->markers.n; i++) {
         marker[i] = NGX_CONF_UNSET_UINT;
@@ -655,8 +677,6 @@ ngx_http_optout_mget(ngx_http_optout_store_t *store,
     if (incomplete || mg->rc != MEMCACHED_SUCCESS) {
         memcached_quit(mc);
     }
-
-    (void) memcached_pool_release(store->pool, mc);
 }
 
 
@@ -750,44 +770,6 @@ ngx_http_optout_mget_answer(ngx_http_optout_mget_t *mg, ngx_uint_t i)
 }
 
 
-ngx_int_t
-ngx_http_optout_store_add(ngx_http_request_t *r,
-    ngx_http_optout_store_t *store, u_char *key, size_t key_len,
-    u_char *value, size_t value_len, ngx_http_optout_waiter_t *w)
-{
-    ngx_thread_task_t          *task;
-    ngx_http_optout_add_ctx_t  *ctx;
-
-    if (key_len > OPTOUT_STORE_KEY_MAX || value_len > OPTOUT_VALUE_MAX) {
-        return NGX_ERROR;
-    }
-
-    task = ngx_thread_task_alloc(r->pool, sizeof(ngx_http_optout_add_ctx_t));
-    if (task == NULL) {
-        return NGX_ERROR;
-    }
-
-    ctx = task->ctx;
-
-    ctx->store = store;
-    ctx->waiter = w;
-    ctx->key_len = key_len;
-    ctx->value_len = value_len;
-    ngx_memcpy(ctx->key, key, key_len);
-    ngx_memcpy(ctx->value, value, value_len);
-
-    task->handler = ngx_http_optout_store_add_thread;
-    task->event.handler = ngx_http_optout_store_add_done;
-    task->event.data = ctx;
-
-    if (ngx_thread_task_post(store->thread_pool, task) != NGX_OK) {
-        return NGX_DECLINED;
-    }
-
-    return NGX_OK;
-}
-
-
 /*
  * In a thread: one journal record applied to memcached, "add" for an
  * opt-out (the campaign of the first opt-out is kept) and "delete" for an
@@ -834,40 +816,6 @@ ngx_http_optout_store_apply(ngx_http_optout_store_t *store, ngx_uint_t optin,
 }
 
 
-static void
-ngx_http_optout_store_add_thread(void *data, ngx_log_t *log)
-{
-    ngx_http_optout_add_ctx_t *ctx = data;
-
-    ctx->error = ngx_http_optout_store_apply(ctx->store, 0, ctx->key,
-                                             ctx->key_len, ctx->value,
-                                             ctx->value_len);
-}
-
-
-static void
-ngx_http_optout_store_add_done(ngx_event_t *ev)
-{
-    ngx_http_optout_add_ctx_t *ctx = ev->data;
-
-    ngx_http_optout_waiter_t  *w;
-
-    w = ctx->waiter;
-
-    if (ctx->error) {
-        ngx_log_error(NGX_LOG_ERR, ctx->store->log, 0,
-                      "optout: memcached add failed: %s; the journal "
-                      "applier will write it", ctx->error);
-        w->rc = NGX_DECLINED;
-
-    } else {
-        w->rc = NGX_OK;
-    }
-
-    w->handler(w);
-}
-
-
 /*
  * For batch checks, in a thread only: one multi-get with markers of
  * keys[] (repeats allowed).  Returns NGX_OK, NGX_ERROR when a server that
@@ -878,6 +826,18 @@ ngx_http_optout_store_add_done(ngx_event_t *ev)
 ngx_int_t
 ngx_http_optout_store_mget(ngx_http_optout_store_t *store, const char **keys,
     size_t *lens, ngx_uint_t n, u_char *found, optout_rule_t *rules)
+{
+    return ngx_http_optout_mget_keys(store, NULL, keys, lens, n, found,
+                                     rules);
+}
+
+
+/* mc NULL: a connection of the pool */
+
+static ngx_int_t
+ngx_http_optout_mget_keys(ngx_http_optout_store_t *store, memcached_st *mc,
+    const char **keys, size_t *lens, ngx_uint_t n, u_char *found,
+    optout_rule_t *rules)
 {
     size_t                  size;
     ngx_int_t               rc;
@@ -920,7 +880,12 @@ ngx_http_optout_store_mget(ngx_http_optout_store_t *store, const char **keys,
         }
     }
 
-    ngx_http_optout_mget(store, &mg);
+    if (mc) {
+        ngx_http_optout_mget_on(store, mc, &mg);
+
+    } else {
+        ngx_http_optout_mget(store, &mg);
+    }
 
     for (i = 0; i < n; i++) {
         j = index[i];
@@ -950,4 +915,269 @@ done:
     free(index);
 
     return rc;
+}
+
+
+/*
+ * The store writes of changes already in the journal: a thread task that
+ * owns its context; the changes stay untouched while it runs (their
+ * request is held).  Sets changes[i].stored.
+ */
+
+ngx_int_t
+ngx_http_optout_store_write(ngx_http_request_t *r,
+    ngx_http_optout_store_t *store, ngx_http_optout_change_t *changes,
+    ngx_uint_t n, ngx_http_optout_waiter_t *w)
+{
+    ngx_thread_task_t            *task;
+    ngx_http_optout_write_ctx_t  *ctx;
+
+    task = ngx_thread_task_alloc(r->pool,
+                                 sizeof(ngx_http_optout_write_ctx_t));
+    if (task == NULL) {
+        return NGX_ERROR;
+    }
+
+    ctx = task->ctx;
+
+    ctx->store = store;
+    ctx->waiter = w;
+    ctx->changes = changes;
+    ctx->n = n;
+
+    task->handler = ngx_http_optout_store_write_thread;
+    task->event.handler = ngx_http_optout_store_write_done;
+    task->event.data = ctx;
+
+    if (ngx_thread_task_post(store->thread_pool, task) != NGX_OK) {
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_optout_store_write_thread(void *data, ngx_log_t *log)
+{
+    ngx_http_optout_write_ctx_t *ctx = data;
+
+    size_t                     len;
+    ngx_uint_t                 i, m;
+    const char                *err;
+    ngx_http_optout_change_t  *ch;
+    u_char                     value[OPTOUT_VALUE_MAX];
+
+    m = 0;
+
+    for (i = 0; i < ctx->n; i++) {
+        ch = &ctx->changes[i];
+        ch->stored = 0;
+
+        if (!ch->optin) {
+            m++;
+            continue;
+        }
+
+        err = ngx_http_optout_store_apply(ctx->store, 1, ch->key,
+                                          ch->key_len, NULL, 0);
+        if (err) {
+            ctx->error = err;
+            continue;
+        }
+
+        ch->stored = 1;
+    }
+
+    if (m > 1) {
+        ngx_http_optout_store_write_many(ctx, m);
+        return;
+    }
+
+    for (i = 0; m && i < ctx->n; i++) {
+        ch = &ctx->changes[i];
+
+        if (ch->optin) {
+            continue;
+        }
+
+        len = optout_rule_format(&ch->rule, (char *) value);
+
+        err = ngx_http_optout_store_apply(ctx->store, 0, ch->key,
+                                          ch->key_len, value, len);
+        if (err) {
+            ctx->error = err;
+            continue;
+        }
+
+        ch->stored = 1;
+    }
+}
+
+
+/*
+ * Many opt-outs: written without replies, in one buffered pass, then
+ * the one multi-get with markers on the same connections, which memcached
+ * answers after the writes: a key found is stored.  The behaviors are set
+ * back only after it (setting them closes the connections).
+ */
+
+static void
+ngx_http_optout_store_write_many(ngx_http_optout_write_ctx_t *ctx,
+    ngx_uint_t m)
+{
+    size_t                    *lens;
+    u_char                    *found;
+    ngx_uint_t                 i, j;
+    const char               **keys;
+    memcached_st              *mc;
+    optout_rule_t             *rules;
+    memcached_return_t         rc;
+    ngx_http_optout_change_t  *ch;
+
+    keys = malloc(m * sizeof(char *));
+    lens = malloc(m * sizeof(size_t));
+    found = malloc(m);
+    rules = malloc(m * sizeof(optout_rule_t));
+
+    mc = NULL;
+    ctx->error = "out of memory";
+
+    if (keys == NULL || lens == NULL || found == NULL || rules == NULL) {
+        goto done;
+    }
+
+    mc = memcached_pool_fetch(ctx->store->pool, &ctx->store->wait, &rc);
+    if (mc == NULL) {
+        ctx->error = memcached_strerror(NULL, rc == MEMCACHED_SUCCESS
+                                              ? MEMCACHED_FAILURE : rc);
+        goto done;
+    }
+
+    rc = memcached_behavior_set(mc, MEMCACHED_BEHAVIOR_NOREPLY, 1);
+
+    if (rc == MEMCACHED_SUCCESS) {
+        rc = memcached_behavior_set(mc, MEMCACHED_BEHAVIOR_BUFFER_REQUESTS,
+                                    1);
+    }
+
+    if (rc == MEMCACHED_SUCCESS) {
+        rc = ngx_http_optout_store_write_pass(mc, ctx, keys, lens, m);
+    }
+
+    if (rc == MEMCACHED_SUCCESS) {
+        rc = memcached_flush_buffers(mc);
+    }
+
+    if (rc != MEMCACHED_SUCCESS) {
+        ctx->error = memcached_strerror(NULL, rc);
+        goto done;
+    }
+
+    if (ngx_http_optout_mget_keys(ctx->store, mc, keys, lens, m, found,
+                                  rules)
+        != NGX_OK)
+    {
+        ctx->error = "the multi-get after the adds was not answered "
+                     "completely";
+        goto done;
+    }
+
+    ctx->error = NULL;
+
+    for (i = 0, j = 0; i < ctx->n; i++) {
+        ch = &ctx->changes[i];
+
+        if (!ch->optin) {
+            ch->stored = found[j++];
+        }
+    }
+
+done:
+
+    if (mc) {
+        (void) memcached_behavior_set(mc, MEMCACHED_BEHAVIOR_NOREPLY, 0);
+        (void) memcached_behavior_set(mc, MEMCACHED_BEHAVIOR_BUFFER_REQUESTS,
+                                      0);
+        (void) memcached_pool_release(ctx->store->pool, mc);
+    }
+
+    free(keys);
+    free(lens);
+    free(found);
+    free(rules);
+}
+
+
+/*
+ * libmemcached buffers "set" but sends each "add" at once: a rule that
+ * memcached said it lacks is "set", in reverse order, so that of two
+ * items of one key the first is kept, as "add" would.  keys[] and lens[]
+ * get the m opt-outs in request order.
+ */
+
+static memcached_return_t
+ngx_http_optout_store_write_pass(memcached_st *mc,
+    ngx_http_optout_write_ctx_t *ctx, const char **keys, size_t *lens,
+    ngx_uint_t m)
+{
+    size_t                     len;
+    ngx_uint_t                 i, j;
+    memcached_return_t         rc;
+    ngx_http_optout_change_t  *ch;
+    u_char                     value[OPTOUT_VALUE_MAX];
+
+    rc = MEMCACHED_SUCCESS;
+
+    for (i = ctx->n, j = m; rc == MEMCACHED_SUCCESS && i--; /* void */ ) {
+        ch = &ctx->changes[i];
+
+        if (ch->optin) {
+            continue;
+        }
+
+        len = optout_rule_format(&ch->rule, (char *) value);
+
+        if (ch->absent) {
+            rc = memcached_set(mc, (char *) ch->key, ch->key_len,
+                               (char *) value, len, 0, 0);
+
+        } else {
+            rc = memcached_add(mc, (char *) ch->key, ch->key_len,
+                               (char *) value, len, 0, 0);
+        }
+
+        if (rc == MEMCACHED_BUFFERED) {
+            rc = MEMCACHED_SUCCESS;
+        }
+
+        j--;
+        keys[j] = (char *) ch->key;
+        lens[j] = ch->key_len;
+    }
+
+    return rc;
+}
+
+
+static void
+ngx_http_optout_store_write_done(ngx_event_t *ev)
+{
+    ngx_http_optout_write_ctx_t *ctx = ev->data;
+
+    ngx_http_optout_waiter_t  *w;
+
+    w = ctx->waiter;
+
+    if (ctx->error) {
+        ngx_log_error(NGX_LOG_ERR, ctx->store->log, 0,
+                      "optout: memcached write failed: %s; the journal "
+                      "applier will write it", ctx->error);
+        w->rc = NGX_DECLINED;
+
+    } else {
+        w->rc = NGX_OK;
+    }
+
+    w->handler(w);
 }

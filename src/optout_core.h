@@ -76,6 +76,7 @@ typedef struct {
 #define OPTOUT_SOURCE_API       1
 #define OPTOUT_SOURCE_KEYWORD   2
 #define OPTOUT_SOURCE_REPLAY    3
+#define OPTOUT_SOURCE_IMPORT    4
 
 typedef struct {
     uint64_t        campaign;
@@ -99,6 +100,8 @@ typedef struct {
     unsigned        source;
     const char     *client;                    /* client address or "" */
     size_t          client_len;
+    const char     *user;                      /* NULL: none */
+    size_t          user_len;
     unsigned        key_id;
 } optout_journal_rec_t;
 

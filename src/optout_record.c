@@ -23,7 +23,8 @@ typedef struct {
 } optout_buf_t;
 
 
-static const char  *optout_sources[] = { "link", "api", "keyword", "replay" };
+static const char  *optout_sources[] = { "link", "api", "keyword", "replay",
+                                          "import" };
 static const char  *optout_channels[] = { "sms", "email" };
 
 
@@ -211,7 +212,7 @@ optout_rule_format(const optout_rule_t *rule, char *out)
     out[0] = '\0';
 
     if (rule->time < 0
-        || rule->source > OPTOUT_SOURCE_REPLAY
+        || rule->source > OPTOUT_SOURCE_IMPORT
         || rule->channel > OPTOUT_DEST_EMAIL
         || rule->key_id > OPTOUT_KEY_ID_MAX)
     {
@@ -571,6 +572,11 @@ optout_journal_format(const optout_journal_rec_t *rec, char *out,
     optout_put_str(&b, "\",\"client\":\"");
     if (rec->client) {
         optout_put_json(&b, rec->client, rec->client_len);
+    }
+
+    if (rec->user && rec->user_len) {
+        optout_put_str(&b, "\",\"user\":\"");
+        optout_put_json(&b, rec->user, rec->user_len);
     }
 
     n = snprintf(num, sizeof(num), "\",\"kid\":%u}\n", rec->key_id);

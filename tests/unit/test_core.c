@@ -1527,19 +1527,21 @@ test_rule(void)
     ok(optout_rule_format(&r, out) == 0, "rule format refuses time -1");
 
     r.time = 1;
-    r.source = 4;
-    ok(optout_rule_format(&r, out) == 0, "rule format refuses source 4");
+    r.source = 5;
+    ok(optout_rule_format(&r, out) == 0, "rule format refuses source 5");
 
     ok(strcmp(optout_source_name(OPTOUT_SOURCE_LINK), "link") == 0
        && strcmp(optout_source_name(OPTOUT_SOURCE_API), "api") == 0
        && strcmp(optout_source_name(OPTOUT_SOURCE_KEYWORD), "keyword") == 0
-       && strcmp(optout_source_name(OPTOUT_SOURCE_REPLAY), "replay") == 0,
+       && strcmp(optout_source_name(OPTOUT_SOURCE_REPLAY), "replay") == 0
+       && strcmp(optout_source_name(OPTOUT_SOURCE_IMPORT), "import") == 0,
        "source names");
 
     ok(optout_source_parse("link", 4) == OPTOUT_SOURCE_LINK
        && optout_source_parse("api", 3) == OPTOUT_SOURCE_API
        && optout_source_parse("keyword", 7) == OPTOUT_SOURCE_KEYWORD
        && optout_source_parse("replay", 6) == OPTOUT_SOURCE_REPLAY
+       && optout_source_parse("import", 6) == OPTOUT_SOURCE_IMPORT
        && optout_source_parse("lin", 3) == -1
        && optout_source_parse("links", 5) == -1
        && optout_source_parse("LINK", 4) == -1
@@ -1598,6 +1600,15 @@ test_journal(void)
     need = n + 1;
     n = optout_journal_format(&rec, out, need);
     ok(n == need - 1 && strcmp(out, want1) == 0, "journal exact fit");
+
+    rec.user = "ops\"x";
+    rec.user_len = 5;
+    n = optout_journal_format(&rec, out, sizeof(out));
+    ok(n > 0 && strstr(out, "\"client\":\"127.0.0.1\",\"user\":\"ops\\\"x\","
+                             "\"kid\":1}\n") != NULL,
+       "journal line with a user");
+    rec.user = NULL;
+    rec.user_len = 0;
 
     n = optout_journal_format(&rec, out, need - 1);
     ok(n == 0 && out[0] == '\0', "journal one byte short -> 0");
