@@ -490,6 +490,8 @@ ngx_http_optout_api_lookup_answer(ngx_http_request_t *r,
 
     if (n == 0) {
         free(o.data);
+        ngx_http_optout_metric_inc(NGX_HTTP_OPTOUT_M_API
+                                   + NGX_HTTP_OPTOUT_M_API_NOT_FOUND);
         return ngx_http_optout_api_error(r, NGX_HTTP_NOT_FOUND, "40400",
                    "No rule", "No opt-out rule applies to this "
                    "destination.");
@@ -518,6 +520,8 @@ ngx_http_optout_api_remove(ngx_http_request_t *r,
     rc = ngx_http_optout_api_found(ctx, 0, &base->rule);
 
     if (rc == NGX_DECLINED) {
+        ngx_http_optout_metric_inc(NGX_HTTP_OPTOUT_M_API
+                                   + NGX_HTTP_OPTOUT_M_API_NOT_FOUND);
         return ngx_http_optout_api_error(r, NGX_HTTP_NOT_FOUND, "40400",
                    "No rule", "No opt-out rule of this scope exists.");
     }
@@ -595,6 +599,8 @@ ngx_http_optout_api_removed(ngx_http_optout_record_t *rec)
                                       "The opt-in was not recorded."));
 
     } else {
+        ngx_http_optout_metric_inc(NGX_HTTP_OPTOUT_M_API
+                                   + NGX_HTTP_OPTOUT_M_API_REMOVED);
         ngx_http_finalize_request(r,
                                   ngx_http_optout_api_removed_answer(r, ctx));
     }

@@ -30,6 +30,7 @@ typedef struct {
     ngx_http_optout_change_t        *changes;
     ngx_uint_t                       nchanges;
     ngx_http_optout_record_t         record;
+    ngx_uint_t                       count[3]; /* by item status */
 
     /* one rule checked on the event loop */
     ngx_http_optout_api_item_t      *item;

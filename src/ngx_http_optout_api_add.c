@@ -571,8 +571,17 @@ static ngx_int_t
 ngx_http_optout_api_add_send(ngx_http_request_t *r,
     ngx_http_optout_api_add_t *ac)
 {
+    ngx_uint_t  i;
+
     if (ac->bc.out.failed || ac->bc.out.data == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (ac->bc.status == NGX_HTTP_OK) {
+        for (i = 0; i < 3; i++) {
+            ngx_http_optout_metric_add(NGX_HTTP_OPTOUT_M_API + i,
+                                       ac->count[i]);
+        }
     }
 
     return ngx_http_optout_api_send_out(r, ac->bc.status, &ac->bc.out);

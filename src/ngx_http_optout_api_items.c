@@ -456,12 +456,14 @@ ngx_http_optout_api_items_answer(ngx_http_optout_api_add_t *ac,
     ngx_http_optout_api_item_t *items, size_t n)
 {
     size_t                       i, len;
-    ngx_uint_t                   count[3];
+    ngx_uint_t                  *count;
     ngx_http_optout_out_t       *o;
     ngx_http_optout_api_item_t  *it;
     u_char                       buf[NGX_INT64_LEN * 3 + 64];
 
     static const char  *status[] = { "added", "present", "invalid" };
+
+    count = ac->count;
 
     count[0] = 0;
     count[1] = 0;

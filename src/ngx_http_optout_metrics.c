@@ -119,6 +119,10 @@ static char  *ngx_http_optout_batch_outcomes[] = {
     "answered", "invalid", "unavailable", "refused", "error", NULL
 };
 
+static char  *ngx_http_optout_api_outcomes[] = {
+    "added", "present", "invalid", "removed", "not_found", NULL
+};
+
 static char  *ngx_http_optout_refusal_reasons[] = {
     "queue_full", "queue_timeout", NULL
 };
@@ -172,7 +176,10 @@ static ngx_http_optout_family_t  ngx_http_optout_families[] = {
       "Entries of optout_cache dropped before expiry to make room.",
       NULL, NULL, NGX_HTTP_OPTOUT_M_EVICTIONS, 0 },
 
-    /* the management API's counters go here */
+    { "optout_api_rules_total", "counter",
+      "Rules of the management API answered, by outcome: added, already "
+      "present, invalid, removed (opt-in), not found.",
+      "outcome", ngx_http_optout_api_outcomes, NGX_HTTP_OPTOUT_M_API, 0 },
 
     { "optout_cache_entries", "gauge",
       "Entries in optout_cache.",

@@ -52,14 +52,20 @@
 #define NGX_HTTP_OPTOUT_M_HIT            27
 #define NGX_HTTP_OPTOUT_M_MISS           28
 #define NGX_HTTP_OPTOUT_M_EVICTIONS      29
-/* the management API's counters go here, and in the table of metrics.c */
-#define NGX_HTTP_OPTOUT_M_MAX            30
+#define NGX_HTTP_OPTOUT_M_API            30     /* + M_API_* below */
+#define NGX_HTTP_OPTOUT_M_MAX            35
 
 #define NGX_HTTP_OPTOUT_M_BATCH_ANSWERED     0
 #define NGX_HTTP_OPTOUT_M_BATCH_INVALID      1
 #define NGX_HTTP_OPTOUT_M_BATCH_UNAVAILABLE  2
 #define NGX_HTTP_OPTOUT_M_BATCH_REFUSED      3
 #define NGX_HTTP_OPTOUT_M_BATCH_ERROR        4
+
+#define NGX_HTTP_OPTOUT_M_API_ADDED          0  /* as the API's item status */
+#define NGX_HTTP_OPTOUT_M_API_PRESENT        1
+#define NGX_HTTP_OPTOUT_M_API_INVALID        2
+#define NGX_HTTP_OPTOUT_M_API_REMOVED        3
+#define NGX_HTTP_OPTOUT_M_API_NOT_FOUND      4
 
 /* gauges */
 #define NGX_HTTP_OPTOUT_G_PENDING        0

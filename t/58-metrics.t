@@ -61,6 +61,7 @@ $t->setup(journal => $journal, store_timeout => '1s', http => <<'EOF',
 EOF
           server => <<'EOF');
         location = /check { optout_check; optout_check_timeout 300ms; }
+        location = /api { optout_api; }
         location = /metrics {
             optout_metrics;
             allow 127.0.0.1;
@@ -388,7 +389,8 @@ SKIP: {
                'optout_journal_fdatasync_seconds_count' => $ok,
                'optout_journal_fdatasync_seconds_bucket{le="+Inf"}' => $ok,
                'optout_journal_failures_total' => 1,
-               "optout_memcached_operations_total{$SRVL}" => $ok + 1);
+               # memcached is written only once the journal line is durable
+               "optout_memcached_operations_total{$SRVL}" => $ok);
     unlink "$fs/filler";
 }
 
@@ -432,6 +434,33 @@ moved($after, 'after the reload',
       'optout_cache_evictions_total' => 1 - ($now->{optout_cache_entries}
                                           - $after->{optout_cache_entries}),
       "optout_memcached_operations_total{$SRVL}" => 1);
+
+# ---------------------------------------------------------------- API
+
+{
+    my $D = dest();
+    my $a0 = scrape();
+    my $r = $t->post('/api', qq{[{"destination":"$D"},{"destination":"x"}]},
+                     'Content-Type' => 'application/json');
+    is($r->{status}, 200, 'API: an array of 2, one invalid: 200')
+        or diag $r->{content};
+    $r = $t->post('/api', qq{{"destination":"$D"}},
+                  'Content-Type' => 'application/json');
+    is($r->{status}, 200, 'API: the same again: 200 (present)');
+    my $q = 'destination=' . OptoutTest::_urlenc($D);
+    is($t->request('DELETE', "/api?$q")->{status}, 200, 'API: DELETE: 200');
+    is($t->request('DELETE', "/api?$q")->{status}, 404,
+       'API: DELETE again: 404');
+    is($t->get("/api?$q")->{status}, 404, 'API: GET after the opt-in: 404');
+    my $a1 = scrape();
+    my %want = (added => 1, present => 1, invalid => 1, removed => 1,
+                not_found => 2);
+    for my $o (sort keys %want) {
+        my $k = qq{optout_api_rules_total{outcome="$o"}};
+        is(($a1->{$k} // 'absent') - ($a0->{$k} // 0), $want{$o},
+           "API: $k +$want{$o}");
+    }
+}
 
 # ---------------------------------------------------------------- rules
 
