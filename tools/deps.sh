@@ -6,6 +6,7 @@ set -euo pipefail
 
 pkgs=(make gcc clang libclang-rt-dev perl procps openssl
       nginx nginx-dev memcached libmemcached-dev libssl-dev libjansson-dev
+      libcurl4-openssl-dev
       "$@")
 
 missing=()

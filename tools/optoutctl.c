@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,9 +29,11 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
+#include <jansson.h>
 #include <libmemcached/memcached.h>
 
 #include "optout_core.h"
+#include "optout_fold.h"
 #include "optout_journal.h"
 #include "optout_memcached.h"
 
@@ -45,6 +48,13 @@
 #define OCTL_MC_TIMEOUT       1000              /* ms */
 #define OCTL_STDOUT_BUF       (1024 * 1024)
 #define OCTL_MAX_KEYS         OPTOUT_KEY_ID_MAX
+#define OCTL_LABEL_MAX        32
+#define OCTL_ACCOUNT_LABEL    "(account-wide)"
+
+#define OCTL_BY_CAMPAIGN      0
+#define OCTL_BY_SOURCE        1
+#define OCTL_BY_SENDER        2
+#define OCTL_BY_DAY           3
 
 
 typedef struct {
@@ -72,25 +82,41 @@ typedef struct {
 } octl_sign_t;
 
 
-typedef enum {
-    OCTL_REPLAY_ADDED = 0,
-    OCTL_REPLAY_PRESENT,
-    OCTL_REPLAY_DELETED,
-    OCTL_REPLAY_ABSENT,
-    OCTL_REPLAY_SKIPPED,
-    OCTL_REPLAY_FATAL
-} octl_replay_rc_e;
-
-
 typedef struct {
     memcached_st   *memc;
     optout_mac_t   *mac;
     const char     *prefix;
     size_t          prefix_len;
-    const char     *journal;
-    uint64_t        line;
-    char            reason[256];
+    uint64_t        added;
+    uint64_t        present;
+    uint64_t        deleted;
 } octl_replay_t;
+
+
+typedef struct {
+    char            label[OCTL_LABEL_MAX];
+    uint64_t        num;                      /* campaign: sorts by it */
+    uint64_t        optouts;
+    uint64_t        optins;
+} octl_group_t;
+
+
+typedef struct {
+    unsigned        by;                       /* OCTL_BY_* */
+    int             error;
+    double          since;
+    double          until;
+    json_t         *index;                    /* label: groups[i] */
+    octl_group_t   *groups;
+    size_t          n;
+    size_t          cap;
+    uint64_t        optouts;
+    uint64_t        optins;
+} octl_report_t;
+
+
+typedef void (*octl_fold_pt)(void *data, const optout_merge_line_t *l,
+    optout_fold_item_t *it, unsigned before);
 
 
 static int octl_keygen(int argc, char **argv);
@@ -98,6 +124,8 @@ static int octl_sign(int argc, char **argv);
 static int octl_verify(int argc, char **argv);
 static int octl_get(int argc, char **argv);
 static int octl_replay(int argc, char **argv);
+static int octl_export(int argc, char **argv);
+static int octl_report(int argc, char **argv);
 static int octl_mark(memcached_st *memc, const char *prefix,
     size_t prefix_len);
 static const char *octl_memc_error(memcached_st *memc, memcached_return_t rc);
@@ -119,7 +147,11 @@ static const octl_command_t  octl_commands[] = {
     { "get", octl_get,
       "show the opt-out rules stored in memcached for a destination" },
     { "replay", octl_replay,
-      "seed memcached from the opt-out journal" },
+      "seed memcached from the opt-out journals" },
+    { "export", octl_export,
+      "print the rules the journals leave in force" },
+    { "report", octl_report,
+      "count opt-outs and opt-ins by campaign, source, sender or day" },
     { NULL, NULL, NULL }
 };
 
@@ -189,13 +221,15 @@ static const char  octl_get_usage[] =
 
 static const char  octl_replay_usage[] =
     "usage: optoutctl replay [--store CONF] [--store-secret FILE]\n"
-    "                        [--prefix P] JOURNAL\n"
+    "                        [--prefix P] JOURNAL...\n"
     "\n"
-    "Apply the journal (\"-\" for stdin) to memcached in order: opt-outs\n"
-    "are added (an existing rule is kept), opt-ins deleted.  Unreadable\n"
-    "lines are reported and skipped.  On success every server gets its\n"
-    "marker PREFIX\"marker:N\", which seeds the store for the send-time\n"
-    "check.  Replay is idempotent: rerun it after an error.\n"
+    "Merge the journals (\"-\" for stdin) by time, fold them into the\n"
+    "state each rule ends in, and write that to memcached: a rule that\n"
+    "holds is added (an existing one is kept, unless the journals opted\n"
+    "it in before: then it is replaced), an opted-in rule is deleted.\n"
+    "Unreadable lines are reported and skipped.  On success every server\n"
+    "gets its marker PREFIX\"marker:N\", which seeds the store for the\n"
+    "send-time check.  Replay is idempotent: rerun it after an error.\n"
     "\n"
     "  -S, --store CONF          libmemcached configuration string\n"
     "                            (default: $OPTOUT_STORE)\n"
@@ -205,6 +239,42 @@ static const char  octl_replay_usage[] =
     "  -h, --help                show this help\n"
     "\n"
     "Exit status: 0 done, 1 error, 2 usage error.\n";
+
+static const char  octl_export_usage[] =
+    "usage: optoutctl export [--format ndjson|csv] JOURNAL...\n"
+    "\n"
+    "Merge and fold the journals as replay does and print the rules that\n"
+    "hold at the end, one a line, sorted by namespace, destination and\n"
+    "scope.  The journals are the only source: memcached keys are keyed\n"
+    "hashes and cannot be listed.\n"
+    "\n"
+    "  -f, --format F   ndjson (default) or csv (with a header line)\n"
+    "  -h, --help       show this help\n"
+    "\n"
+    "Exit status: 0 done, 1 error, 2 usage error.\n";
+
+static const char  octl_report_usage[] =
+    "usage: optoutctl report [--since T] [--until T]\n"
+    "                        [--by campaign|source|sender|day]\n"
+    "                        [--format table|csv|json] JOURNAL...\n"
+    "\n"
+    "Count opt-outs and opt-ins per group, net of repeats: an opt-out of\n"
+    "a rule that already holds (a second click) or an opt-in of a rule\n"
+    "already removed is not counted again.  T is YYYY-MM-DD,\n"
+    "YYYY-MM-DDTHH:MM:SSZ (UTC) or unix seconds; lines at or after\n"
+    "--since and before --until are counted.\n"
+    "\n"
+    "  -s, --since T     count from T\n"
+    "  -u, --until T     count up to T, excluded\n"
+    "  -b, --by G        group by campaign (default), source, sender or day\n"
+    "  -f, --format F    table (default), csv or json\n"
+    "  -h, --help        show this help\n"
+    "\n"
+    "Exit status: 0 done, 1 error, 2 usage error.\n";
+
+static const char  *octl_by_names[] = {
+    "campaign", "source", "sender", "day", NULL
+};
 
 
 static void
@@ -1407,89 +1477,167 @@ done:
 }
 
 
+/* journals merged and folded: replay, export, report */
+
+static void
+octl_skip(void *data, const char *name, uint64_t lineno, const char *reason)
+{
+    octl_error("%s:%" PRIu64 ": skipped: %s", name, lineno, reason);
+}
+
+
+/*
+ * Merges the journals by time and folds them; cb, when set, sees every
+ * usable line with its item and the item's state before the line.
+ */
+
+static optout_fold_t *
+octl_fold(char **names, size_t n, octl_fold_pt cb, void *data,
+    uint64_t *lines, uint64_t *skipped)
+{
+    int                         rc;
+    char                        err[512];
+    unsigned                    before;
+    optout_fold_t              *fold;
+    optout_merge_t             *merge;
+    optout_fold_item_t         *it;
+    const optout_merge_line_t  *l;
+
+    merge = optout_merge_create(names, n, octl_skip, NULL, err, sizeof(err));
+    if (merge == NULL) {
+        octl_error("%s", err);
+        return NULL;
+    }
+
+    fold = optout_fold_create();
+    if (fold == NULL) {
+        octl_error("out of memory");
+        optout_merge_destroy(merge);
+        return NULL;
+    }
+
+    while ((rc = optout_merge_next(merge, &l, err, sizeof(err))) == 1) {
+        it = optout_fold_apply(fold, &l->e, &before);
+
+        if (it == NULL) {
+            octl_error("out of memory");
+            break;
+        }
+
+        if (cb != NULL) {
+            cb(data, l, it, before);
+        }
+    }
+
+    if (rc == -1) {
+        octl_error("%s", err);
+    }
+
+    *lines = optout_merge_lines(merge);
+    *skipped = optout_merge_skipped(merge);
+
+    optout_merge_destroy(merge);
+
+    if (rc != 0) {
+        optout_fold_destroy(fold);
+        return NULL;
+    }
+
+    return fold;
+}
+
+
 /* replay */
 
-static octl_replay_rc_e
-octl_replay_line(octl_replay_t *ctx, const char *line, size_t line_len)
+static int
+octl_replay_item(octl_replay_t *ctx, optout_fold_item_t *it)
 {
-    int                      rc;
-    char                     key[OPTOUT_STORE_KEY_MAX + 1];
-    char                     value[OPTOUT_VALUE_MAX + 1];
-    size_t                   key_len, value_len;
-    memcached_return_t       mrc;
-    optout_journal_entry_t   e;
+    int                  rc;
+    char                 key[OPTOUT_STORE_KEY_MAX + 1];
+    char                 value[OPTOUT_VALUE_MAX + 1];
+    size_t               key_len, value_len;
+    const char          *op;
+    optout_dest_t        dest;
+    memcached_return_t   mrc;
 
-    if (optout_journal_parse(line, line_len, &e, ctx->reason,
-                             sizeof(ctx->reason))
-        != OPTOUT_OK)
-    {
-        return OCTL_REPLAY_SKIPPED;
+    rc = optout_normalize_dest(optout_fold_dest(it), it->dest_len, &dest);
+
+    if (rc == OPTOUT_OK) {
+        rc = optout_store_key(ctx->mac, ctx->prefix, ctx->prefix_len,
+                              optout_fold_ns(it), it->ns_len,
+                              it->sender_len ? optout_fold_sender(it) : NULL,
+                              it->sender_len, &dest, key, &key_len);
     }
-
-    rc = optout_journal_key(&e, ctx->mac, ctx->prefix, ctx->prefix_len, key,
-                            &key_len);
 
     if (rc != OPTOUT_OK) {
-        snprintf(ctx->reason, sizeof(ctx->reason),
-                 "cannot compute the store key: %s", optout_strerror(rc));
-        return OCTL_REPLAY_SKIPPED;
+        octl_error("cannot compute the store key: %s", optout_strerror(rc));
+        return -1;
     }
 
-    if (e.optin) {
+    if (it->state == OPTOUT_FOLD_IN) {
+        op = "delete";
         mrc = memcached_delete(ctx->memc, key, key_len, 0);
 
-        if (mrc == MEMCACHED_SUCCESS) {
-            return OCTL_REPLAY_DELETED;
+        if (mrc == MEMCACHED_SUCCESS || mrc == MEMCACHED_NOTFOUND) {
+            ctx->deleted++;
+            return 0;
         }
 
-        if (mrc == MEMCACHED_NOTFOUND) {
-            return OCTL_REPLAY_ABSENT;
-        }
-
-        snprintf(ctx->reason, sizeof(ctx->reason),
-                 "memcached delete failed: %s",
-                 octl_memc_error(ctx->memc, mrc));
-
-        return OCTL_REPLAY_FATAL;
+        goto failed;
     }
 
-    value_len = optout_rule_format(&e.rule, value);
+    value_len = optout_rule_format(&it->rule, value);
 
-    if (value_len == 0 || value_len > OPTOUT_VALUE_MAX) {
-        snprintf(ctx->reason, sizeof(ctx->reason),
-                 "cannot format the rule value");
-        return OCTL_REPLAY_SKIPPED;
+    if (value_len == 0) {
+        octl_error("cannot format the rule value");
+        return -1;
     }
 
-    mrc = memcached_add(ctx->memc, key, key_len, value, value_len, 0, 0);
+    /*
+     * A rule born again after an opt-in replaces what the store holds; a
+     * rule never removed keeps an older one (its first campaign).
+     */
+
+    if (it->reborn) {
+        op = "set";
+        mrc = memcached_set(ctx->memc, key, key_len, value, value_len, 0, 0);
+
+    } else {
+        op = "add";
+        mrc = memcached_add(ctx->memc, key, key_len, value, value_len, 0, 0);
+    }
 
     if (mrc == MEMCACHED_SUCCESS) {
-        return OCTL_REPLAY_ADDED;
+        ctx->added++;
+        return 0;
     }
 
-    if (mrc == MEMCACHED_NOTSTORED || mrc == MEMCACHED_DATA_EXISTS) {
-        return OCTL_REPLAY_PRESENT;
+    if (!it->reborn
+        && (mrc == MEMCACHED_NOTSTORED || mrc == MEMCACHED_DATA_EXISTS))
+    {
+        ctx->present++;
+        return 0;
     }
 
-    snprintf(ctx->reason, sizeof(ctx->reason), "memcached add failed: %s",
-             octl_memc_error(ctx->memc, mrc));
+failed:
 
-    return OCTL_REPLAY_FATAL;
+    octl_error("memcached %s failed: %s; stopped (the journals are intact: "
+               "run replay again)", op, octl_memc_error(ctx->memc, mrc));
+
+    return -1;
 }
 
 
 static int
 octl_replay(int argc, char **argv)
 {
-    int                  c, rc;
-    FILE                *fp;
-    char                *line;
-    size_t               cap, len;
-    ssize_t              n;
-    uint64_t             total, counts[OCTL_REPLAY_FATAL];
-    const char          *conf, *secret, *prefix;
-    octl_replay_t        ctx;
-    octl_replay_rc_e     ret;
+    int                   c, rc;
+    size_t                i, n;
+    uint64_t              lines, skipped;
+    const char           *conf, *secret, *prefix;
+    optout_fold_t        *fold;
+    octl_replay_t         ctx;
+    optout_fold_item_t  **items;
 
     static const struct option  longopts[] = {
         { "store", required_argument, NULL, 'S' },
@@ -1523,9 +1671,8 @@ octl_replay(int argc, char **argv)
         }
     }
 
-    if (argc - optind != 1) {
-        return octl_usage_error("replay", argc == optind
-                                ? "missing JOURNAL" : "too many arguments");
+    if (argc == optind) {
+        return octl_usage_error("replay", "missing JOURNAL");
     }
 
     rc = octl_store_args("replay", &conf, &secret, prefix);
@@ -1534,29 +1681,27 @@ octl_replay(int argc, char **argv)
     }
 
     memset(&ctx, 0, sizeof(ctx));
-    memset(counts, 0, sizeof(counts));
 
-    ctx.journal = argv[optind];
     ctx.prefix = prefix;
     ctx.prefix_len = strlen(prefix);
 
-    if (strcmp(ctx.journal, "-") == 0) {
-        fp = stdin;
-
-    } else {
-        fp = fopen(ctx.journal, "re");
-
-        if (fp == NULL) {
-            octl_error("%s: %s", ctx.journal, strerror(errno));
-            return OCTL_EXIT_ERROR;
-        }
-    }
-
-    line = NULL;
-    rc = OCTL_EXIT_ERROR;
-
     ctx.mac = octl_load_mac(secret);
     if (ctx.mac == NULL) {
+        return OCTL_EXIT_ERROR;
+    }
+
+    rc = OCTL_EXIT_ERROR;
+    items = NULL;
+
+    fold = octl_fold(argv + optind, argc - optind, NULL, NULL, &lines,
+                     &skipped);
+    if (fold == NULL) {
+        goto done;
+    }
+
+    items = optout_fold_sorted(fold, &n);
+    if (items == NULL) {
+        octl_error("out of memory");
         goto done;
     }
 
@@ -1565,44 +1710,10 @@ octl_replay(int argc, char **argv)
         goto done;
     }
 
-    cap = 0;
-    total = 0;
-
-    while ((n = getline(&line, &cap, fp)) != -1) {
-        ctx.line++;
-        len = (size_t) n;
-
-        if (len > 0 && line[len - 1] == '\n') {
-            len--;
-        }
-
-        if (len > 0 && line[len - 1] == '\r') {
-            len--;
-        }
-
-        total++;
-        ctx.reason[0] = '\0';
-
-        ret = octl_replay_line(&ctx, line, len);
-
-        if (ret == OCTL_REPLAY_FATAL) {
-            octl_error("%s:%" PRIu64 ": %s; stopped (the journal is "
-                       "intact: run replay again)", ctx.journal, ctx.line,
-                       ctx.reason);
+    for (i = 0; i < n; i++) {
+        if (octl_replay_item(&ctx, items[i]) != 0) {
             goto done;
         }
-
-        if (ret == OCTL_REPLAY_SKIPPED) {
-            octl_error("%s:%" PRIu64 ": skipped: %s", ctx.journal, ctx.line,
-                       ctx.reason);
-        }
-
-        counts[ret]++;
-    }
-
-    if (ferror(fp)) {
-        octl_error("%s: %s", ctx.journal, strerror(errno));
-        goto done;
     }
 
     if (octl_mark(ctx.memc, prefix, ctx.prefix_len) != 0) {
@@ -1611,8 +1722,7 @@ octl_replay(int argc, char **argv)
 
     printf("replayed %" PRIu64 " records: %" PRIu64 " added, %" PRIu64
            " already present, %" PRIu64 " deleted, %" PRIu64 " skipped\n",
-           total, counts[OCTL_REPLAY_ADDED], counts[OCTL_REPLAY_PRESENT],
-           counts[OCTL_REPLAY_DELETED], counts[OCTL_REPLAY_SKIPPED]);
+           lines, ctx.added, ctx.present, ctx.deleted, skipped);
 
     if (fflush(stdout) == EOF || ferror(stdout)) {
         octl_error("writing stdout: %s", strerror(errno));
@@ -1623,19 +1733,646 @@ octl_replay(int argc, char **argv)
 
 done:
 
-    free(line);
+    free(items);
+    optout_fold_destroy(fold);
 
     if (ctx.memc != NULL) {
         memcached_free(ctx.memc);
     }
 
-    if (ctx.mac != NULL) {
-        optout_mac_destroy(ctx.mac);
+    optout_mac_destroy(ctx.mac);
+
+    return rc;
+}
+
+
+/* export */
+
+static void
+octl_put_json(FILE *out, const char *s, size_t n)
+{
+    size_t         i;
+    unsigned char  c;
+
+    for (i = 0; i < n; i++) {
+        c = (unsigned char) s[i];
+
+        if (c == '"' || c == '\\') {
+            putc_unlocked('\\', out);
+            putc_unlocked(c, out);
+
+        } else if (c < 0x20 || c >= 0x7f) {
+            fprintf(out, "\\u%04x", c);
+
+        } else {
+            putc_unlocked(c, out);
+        }
+    }
+}
+
+
+static void
+octl_put_csv(FILE *out, const char *s, size_t n)
+{
+    size_t  i;
+
+    /* s is NUL-ended: the parts of an item's key are */
+
+    if (strpbrk(s, ",\"\r\n") == NULL) {
+        fwrite_unlocked(s, 1, n, out);
+        return;
     }
 
-    if (fp != stdin) {
-        (void) fclose(fp);
+    putc_unlocked('"', out);
+
+    for (i = 0; i < n; i++) {
+        if (s[i] == '"') {
+            putc_unlocked('"', out);
+        }
+
+        putc_unlocked(s[i], out);
     }
+
+    putc_unlocked('"', out);
+}
+
+
+static void
+octl_since(int64_t t, char *buf, size_t size)
+{
+    time_t     tt;
+    struct tm  tm;
+
+    tt = (time_t) t;
+
+    if ((int64_t) tt != t || gmtime_r(&tt, &tm) == NULL
+        || strftime(buf, size, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+    {
+        snprintf(buf, size, "%" PRId64, t);
+    }
+}
+
+
+static void
+octl_export_item(FILE *out, unsigned csv, const optout_fold_item_t *it)
+{
+    char  since[32];
+
+    octl_since(it->rule.time, since, sizeof(since));
+
+    if (csv) {
+        octl_put_csv(out, optout_fold_dest(it), it->dest_len);
+        fprintf(out, ",%s,", it->sender_len ? "sender" : "account");
+        octl_put_csv(out, optout_fold_sender(it), it->sender_len);
+        putc_unlocked(',', out);
+        octl_put_csv(out, optout_fold_ns(it), it->ns_len);
+        fprintf(out, ",%" PRIu64 ",%s,%s,%s\n", it->rule.campaign, since,
+                optout_source_name(it->rule.source),
+                optout_channel_name(it->rule.channel));
+        return;
+    }
+
+    fputs("{\"destination\":\"", out);
+    octl_put_json(out, optout_fold_dest(it), it->dest_len);
+
+    if (it->sender_len) {
+        fputs("\",\"scope\":\"sender\",\"sender\":\"", out);
+        octl_put_json(out, optout_fold_sender(it), it->sender_len);
+
+    } else {
+        fputs("\",\"scope\":\"account", out);
+    }
+
+    fputs("\",\"namespace\":\"", out);
+    octl_put_json(out, optout_fold_ns(it), it->ns_len);
+
+    fprintf(out, "\",\"campaign\":\"%" PRIu64 "\",\"since\":\"%s\","
+            "\"source\":\"%s\",\"channel\":\"%s\"}\n", it->rule.campaign,
+            since, optout_source_name(it->rule.source),
+            optout_channel_name(it->rule.channel));
+}
+
+
+static int
+octl_export(int argc, char **argv)
+{
+    int                   c, rc;
+    size_t                i, n;
+    uint64_t              lines, skipped;
+    unsigned              csv;
+    optout_fold_t        *fold;
+    optout_fold_item_t  **items;
+
+    static const struct option  longopts[] = {
+        { "format", required_argument, NULL, 'f' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 }
+    };
+
+    csv = 0;
+
+    while ((c = octl_getopt(argc, argv, "export", ":f:h", longopts)) != -1) {
+        switch (c) {
+        case 'f':
+            if (strcmp(optarg, "csv") == 0) {
+                csv = 1;
+
+            } else if (strcmp(optarg, "ndjson") == 0) {
+                csv = 0;
+
+            } else {
+                return octl_usage_error("export", "invalid --format \"%s\" "
+                                        "(csv or ndjson)", optarg);
+            }
+            break;
+        case 'h':
+            return octl_help(octl_export_usage);
+        default:
+            return OCTL_EXIT_USAGE;
+        }
+    }
+
+    if (argc == optind) {
+        return octl_usage_error("export", "missing JOURNAL");
+    }
+
+    fold = octl_fold(argv + optind, argc - optind, NULL, NULL, &lines,
+                     &skipped);
+    if (fold == NULL) {
+        return OCTL_EXIT_ERROR;
+    }
+
+    items = optout_fold_sorted(fold, &n);
+    if (items == NULL) {
+        octl_error("out of memory");
+        optout_fold_destroy(fold);
+        return OCTL_EXIT_ERROR;
+    }
+
+    (void) setvbuf(stdout, octl_stdout_buf, _IOFBF, sizeof(octl_stdout_buf));
+
+    if (csv) {
+        fputs("destination,scope,sender,namespace,campaign,since,source,"
+              "channel\n", stdout);
+    }
+
+    for (i = 0; i < n; i++) {
+        if (items[i]->state == OPTOUT_FOLD_OUT) {
+            octl_export_item(stdout, csv, items[i]);
+        }
+    }
+
+    free(items);
+    optout_fold_destroy(fold);
+
+    rc = OCTL_EXIT_OK;
+
+    if (fflush(stdout) == EOF || ferror(stdout)) {
+        octl_error("writing stdout: %s", strerror(errno));
+        rc = OCTL_EXIT_ERROR;
+    }
+
+    return rc;
+}
+
+
+/* report */
+
+static int
+octl_parse_time(const char *s, double *out)
+{
+    int        n, y, mo, d, h, mi, sec;
+    time_t     t;
+    uint64_t   v;
+    struct tm  tm;
+
+    if (octl_parse_u64(s, strlen(s), &v) == 0) {
+        if (v > (uint64_t) INT64_MAX / 2) {
+            return -1;
+        }
+
+        *out = (double) v;
+        return 0;
+    }
+
+    h = 0;
+    mi = 0;
+    sec = 0;
+    n = -1;
+
+    if (sscanf(s, "%4d-%2d-%2d%n", &y, &mo, &d, &n) != 3 || n != 10) {
+        return -1;
+    }
+
+    if (s[n] == 'T') {
+        s += n + 1;
+        n = -1;
+
+        if (sscanf(s, "%2d:%2d:%2d%n", &h, &mi, &sec, &n) != 3 || n != 8) {
+            return -1;
+        }
+
+        if (s[n] == 'Z') {
+            n++;
+        }
+    }
+
+    if (s[n] != '\0') {
+        return -1;
+    }
+
+    memset(&tm, 0, sizeof(tm));
+    tm.tm_year = y - 1900;
+    tm.tm_mon = mo - 1;
+    tm.tm_mday = d;
+    tm.tm_hour = h;
+    tm.tm_min = mi;
+    tm.tm_sec = sec;
+
+    t = timegm(&tm);
+
+    /* timegm() normalizes: 2026-02-30 would pass otherwise */
+
+    if (t == (time_t) -1 || tm.tm_year != y - 1900 || tm.tm_mon != mo - 1
+        || tm.tm_mday != d || tm.tm_hour != h || tm.tm_min != mi
+        || tm.tm_sec != sec)
+    {
+        return -1;
+    }
+
+    *out = (double) t;
+
+    return 0;
+}
+
+
+static octl_group_t *
+octl_report_group(octl_report_t *ctx, const char *label, uint64_t num)
+{
+    json_t        *v;
+    octl_group_t  *g;
+
+    v = json_object_get(ctx->index, label);
+
+    if (v != NULL) {
+        return &ctx->groups[json_integer_value(v)];
+    }
+
+    if (ctx->n == ctx->cap) {
+        ctx->cap = ctx->cap ? ctx->cap * 2 : 64;
+        g = realloc(ctx->groups, ctx->cap * sizeof(octl_group_t));
+
+        if (g == NULL) {
+            return NULL;
+        }
+
+        ctx->groups = g;
+    }
+
+    if (json_object_set_new(ctx->index, label,
+                            json_integer((json_int_t) ctx->n))
+        != 0)
+    {
+        return NULL;
+    }
+
+    g = &ctx->groups[ctx->n++];
+
+    memset(g, 0, sizeof(octl_group_t));
+    snprintf(g->label, sizeof(g->label), "%s", label);
+    g->num = num;
+
+    return g;
+}
+
+
+/*
+ * A line counts when it changes what the journals know of its rule: a
+ * second opt-out of a rule that holds (a second click) or a second opt-in
+ * is a repeat.  An opt-in is grouped by the campaign of the rule it
+ * removed when the journals hold that rule.
+ */
+
+static void
+octl_report_line(void *data, const optout_merge_line_t *l,
+    optout_fold_item_t *it, unsigned before)
+{
+    char                           label[OCTL_LABEL_MAX];
+    time_t                         t;
+    uint64_t                       campaign;
+    struct tm                      tm;
+    octl_group_t                  *g;
+    octl_report_t                 *ctx;
+    const optout_journal_entry_t  *e;
+
+    ctx = data;
+    e = &l->e;
+
+    if (e->time < ctx->since || e->time >= ctx->until
+        || before == (e->optin ? OPTOUT_FOLD_IN : OPTOUT_FOLD_OUT))
+    {
+        return;
+    }
+
+    campaign = 0;
+
+    switch (ctx->by) {
+
+    case OCTL_BY_CAMPAIGN:
+        campaign = (e->optin && before == OPTOUT_FOLD_OUT)
+                   ? it->rule.campaign : e->rule.campaign;
+        snprintf(label, sizeof(label), "%" PRIu64, campaign);
+        break;
+
+    case OCTL_BY_SOURCE:
+        snprintf(label, sizeof(label), "%s",
+                 optout_source_name(e->rule.source));
+        break;
+
+    case OCTL_BY_SENDER:
+        snprintf(label, sizeof(label), "%.*s", (int) e->sender_len,
+                 e->sender);
+        break;
+
+    default: /* OCTL_BY_DAY */
+        t = (time_t) e->time;
+
+        if (gmtime_r(&t, &tm) == NULL
+            || strftime(label, sizeof(label), "%Y-%m-%d", &tm) == 0)
+        {
+            snprintf(label, sizeof(label), "%" PRId64, (int64_t) t);
+        }
+
+        break;
+    }
+
+    g = octl_report_group(ctx, label, campaign);
+
+    if (g == NULL) {
+        ctx->error = 1;
+        return;
+    }
+
+    if (e->optin) {
+        g->optins++;
+        ctx->optins++;
+
+    } else {
+        g->optouts++;
+        ctx->optouts++;
+    }
+}
+
+
+static int
+octl_group_cmp(const void *a, const void *b)
+{
+    const octl_group_t  *x, *y;
+
+    x = a;
+    y = b;
+
+    if (x->num != y->num) {
+        return (x->num < y->num) ? -1 : 1;
+    }
+
+    return strcmp(x->label, y->label);
+}
+
+
+static void
+octl_report_table(octl_report_t *ctx)
+{
+    int          w, nw, len;
+    char         num[32];
+    size_t       i;
+    const char  *label;
+
+    w = (int) strlen("total");
+
+    if ((int) strlen(octl_by_names[ctx->by]) > w) {
+        w = (int) strlen(octl_by_names[ctx->by]);
+    }
+
+    for (i = 0; i < ctx->n; i++) {
+        len = ctx->groups[i].label[0] ? (int) strlen(ctx->groups[i].label)
+                                      : (int) strlen(OCTL_ACCOUNT_LABEL);
+        if (len > w) {
+            w = len;
+        }
+    }
+
+    nw = snprintf(num, sizeof(num), "%" PRIu64,
+                  ctx->optouts > ctx->optins ? ctx->optouts : ctx->optins);
+
+    if (nw < (int) strlen("opt-outs")) {
+        nw = (int) strlen("opt-outs");
+    }
+
+    printf("%-*s  %*s  %*s\n", w, octl_by_names[ctx->by], nw, "opt-outs",
+           nw, "opt-ins");
+
+    for (i = 0; i < ctx->n; i++) {
+        label = ctx->groups[i].label[0] ? ctx->groups[i].label
+                                        : OCTL_ACCOUNT_LABEL;
+
+        printf("%-*s  %*" PRIu64 "  %*" PRIu64 "\n", w, label, nw,
+               ctx->groups[i].optouts, nw, ctx->groups[i].optins);
+    }
+
+    printf("%-*s  %*" PRIu64 "  %*" PRIu64 "\n", w, "total", nw,
+           ctx->optouts, nw, ctx->optins);
+}
+
+
+static void
+octl_report_json(octl_report_t *ctx, const char *since, const char *until)
+{
+    char         buf[32];
+    size_t       i;
+    const char  *by;
+
+    by = octl_by_names[ctx->by];
+
+    printf("{\"by\":\"%s\",\"since\":", by);
+
+    if (since != NULL) {
+        octl_since((int64_t) ctx->since, buf, sizeof(buf));
+        printf("\"%s\"", buf);
+
+    } else {
+        fputs("null", stdout);
+    }
+
+    fputs(",\"until\":", stdout);
+
+    if (until != NULL) {
+        octl_since((int64_t) ctx->until, buf, sizeof(buf));
+        printf("\"%s\"", buf);
+
+    } else {
+        fputs("null", stdout);
+    }
+
+    fputs(",\"groups\":[", stdout);
+
+    for (i = 0; i < ctx->n; i++) {
+        printf("%s{\"%s\":\"", i ? "," : "", by);
+        octl_put_json(stdout, ctx->groups[i].label,
+                      strlen(ctx->groups[i].label));
+        printf("\",\"optouts\":%" PRIu64 ",\"optins\":%" PRIu64 "}",
+               ctx->groups[i].optouts, ctx->groups[i].optins);
+    }
+
+    printf("],\"total\":{\"optouts\":%" PRIu64 ",\"optins\":%" PRIu64
+           "}}\n", ctx->optouts, ctx->optins);
+}
+
+
+static int
+octl_report(int argc, char **argv)
+{
+    int              c, rc;
+    size_t           i;
+    uint64_t         lines, skipped;
+    unsigned         format;
+    const char      *since, *until;
+    optout_fold_t   *fold;
+    octl_report_t    ctx;
+
+    static const char  *formats[] = { "table", "csv", "json", NULL };
+    static const struct option  longopts[] = {
+        { "since", required_argument, NULL, 's' },
+        { "until", required_argument, NULL, 'u' },
+        { "by", required_argument, NULL, 'b' },
+        { "format", required_argument, NULL, 'f' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 }
+    };
+
+    memset(&ctx, 0, sizeof(ctx));
+    ctx.since = -1;
+    ctx.until = INFINITY;
+    format = 0;
+    since = NULL;
+    until = NULL;
+
+    while ((c = octl_getopt(argc, argv, "report", ":s:u:b:f:h", longopts))
+           != -1)
+    {
+        switch (c) {
+        case 's':
+        case 'u':
+            if (octl_parse_time(optarg, c == 's' ? &ctx.since : &ctx.until)
+                != 0)
+            {
+                return octl_usage_error("report", "invalid --%s \"%s\" "
+                                        "(YYYY-MM-DD, YYYY-MM-DDTHH:MM:SSZ "
+                                        "or unix seconds)",
+                                        c == 's' ? "since" : "until",
+                                        optarg);
+            }
+
+            if (c == 's') {
+                since = optarg;
+
+            } else {
+                until = optarg;
+            }
+
+            break;
+        case 'b':
+            for (i = 0; octl_by_names[i] != NULL; i++) {
+                if (strcmp(optarg, octl_by_names[i]) == 0) {
+                    break;
+                }
+            }
+
+            if (octl_by_names[i] == NULL) {
+                return octl_usage_error("report", "invalid --by \"%s\" "
+                                        "(campaign, source, sender or day)",
+                                        optarg);
+            }
+
+            ctx.by = (unsigned) i;
+            break;
+        case 'f':
+            for (i = 0; formats[i] != NULL; i++) {
+                if (strcmp(optarg, formats[i]) == 0) {
+                    break;
+                }
+            }
+
+            if (formats[i] == NULL) {
+                return octl_usage_error("report", "invalid --format \"%s\" "
+                                        "(table, csv or json)", optarg);
+            }
+
+            format = (unsigned) i;
+            break;
+        case 'h':
+            return octl_help(octl_report_usage);
+        default:
+            return OCTL_EXIT_USAGE;
+        }
+    }
+
+    if (argc == optind) {
+        return octl_usage_error("report", "missing JOURNAL");
+    }
+
+    ctx.index = json_object();
+    if (ctx.index == NULL) {
+        octl_error("out of memory");
+        return OCTL_EXIT_ERROR;
+    }
+
+    rc = OCTL_EXIT_ERROR;
+
+    fold = octl_fold(argv + optind, argc - optind, octl_report_line, &ctx,
+                     &lines, &skipped);
+    if (fold == NULL) {
+        goto done;
+    }
+
+    if (ctx.error) {
+        octl_error("out of memory");
+        goto done;
+    }
+
+    if (ctx.n > 1) {
+        qsort(ctx.groups, ctx.n, sizeof(octl_group_t), octl_group_cmp);
+    }
+
+    if (format == 0) {
+        octl_report_table(&ctx);
+
+    } else if (format == 1) {
+        printf("%s,optouts,optins\n", octl_by_names[ctx.by]);
+
+        for (i = 0; i < ctx.n; i++) {
+            octl_put_csv(stdout, ctx.groups[i].label,
+                         strlen(ctx.groups[i].label));
+            printf(",%" PRIu64 ",%" PRIu64 "\n", ctx.groups[i].optouts,
+                   ctx.groups[i].optins);
+        }
+
+    } else {
+        octl_report_json(&ctx, since, until);
+    }
+
+    rc = OCTL_EXIT_OK;
+
+    if (fflush(stdout) == EOF || ferror(stdout)) {
+        octl_error("writing stdout: %s", strerror(errno));
+        rc = OCTL_EXIT_ERROR;
+    }
+
+done:
+
+    optout_fold_destroy(fold);
+    json_decref(ctx.index);
+    free(ctx.groups);
 
     return rc;
 }
