@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <time.h>
@@ -29,6 +30,7 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
+#include <curl/curl.h>
 #include <jansson.h>
 #include <libmemcached/memcached.h>
 
@@ -55,6 +57,10 @@
 #define OCTL_BY_SOURCE        1
 #define OCTL_BY_SENDER        2
 #define OCTL_BY_DAY           3
+
+#define OCTL_CHUNK_MAX        10000             /* items a request */
+#define OCTL_COLUMNS_MAX      16
+#define OCTL_FIELD_MAX        512
 
 
 typedef struct {
@@ -115,6 +121,30 @@ typedef struct {
 } octl_report_t;
 
 
+typedef struct {
+    CURL           *curl;
+    json_t         *chunk;                    /* items of one request */
+    uint64_t       *lines;                    /* their line numbers */
+    size_t          max;
+    const char     *name;
+    unsigned        ndjson;
+    unsigned        bar;                      /* progress bar on stderr */
+    char            ns[OPTOUT_NAMESPACE_MAX + 1];
+    const char     *columns[OCTL_COLUMNS_MAX];
+    size_t          ncolumns;
+    char           *resp;
+    size_t          resp_len;
+    size_t          resp_cap;
+    uint64_t        size;
+    uint64_t        pos;
+    uint64_t        items;
+    uint64_t        added;
+    uint64_t        present;
+    uint64_t        invalid;
+    char            errbuf[CURL_ERROR_SIZE];
+} octl_import_t;
+
+
 typedef void (*octl_fold_pt)(void *data, const optout_merge_line_t *l,
     optout_fold_item_t *it, unsigned before);
 
@@ -126,6 +156,7 @@ static int octl_get(int argc, char **argv);
 static int octl_replay(int argc, char **argv);
 static int octl_export(int argc, char **argv);
 static int octl_report(int argc, char **argv);
+static int octl_import(int argc, char **argv);
 static int octl_mark(memcached_st *memc, const char *prefix,
     size_t prefix_len);
 static const char *octl_memc_error(memcached_st *memc, memcached_return_t rc);
@@ -152,6 +183,8 @@ static const octl_command_t  octl_commands[] = {
       "print the rules the journals leave in force" },
     { "report", octl_report,
       "count opt-outs and opt-ins by campaign, source, sender or day" },
+    { "import", octl_import,
+      "send rules (CSV or NDJSON) to the management API" },
     { NULL, NULL, NULL }
 };
 
@@ -271,6 +304,31 @@ static const char  octl_report_usage[] =
     "  -h, --help        show this help\n"
     "\n"
     "Exit status: 0 done, 1 error, 2 usage error.\n";
+
+static const char  octl_import_usage[] =
+    "usage: optoutctl import --url URL [--user USER:PASSWORD]\n"
+    "                        [--cacert FILE] [--cert FILE] [--key FILE]\n"
+    "                        [--chunk N] [FILE]\n"
+    "\n"
+    "Send the rules in FILE (default: stdin) to the optout_api location at\n"
+    "URL, in requests of up to N rules (one namespace a request).  FILE is\n"
+    "NDJSON (the export format) when its first non-blank character is\n"
+    "\"{\", else CSV: destination,sender,campaign,channel, or any columns\n"
+    "named by a header line (the export's CSV works).  Rules without a\n"
+    "source get source \"import\".  Invalid rules are reported with their\n"
+    "line numbers; a refused request stops the import.\n"
+    "\n"
+    "  -u, --url URL         the optout_api location\n"
+    "  -U, --user U:P        basic authentication (default:\n"
+    "                        $OPTOUT_API_USER)\n"
+    "  -C, --cacert FILE     CA certificates to verify the server\n"
+    "  -E, --cert FILE       client certificate (PEM)\n"
+    "  -k, --key FILE        its private key\n"
+    "  -c, --chunk N         rules a request, 1..10000 (default 10000)\n"
+    "  -h, --help            show this help\n"
+    "\n"
+    "Exit status: 0 every rule added or present, 1 a rule invalid or not\n"
+    "imported, or an error, 2 usage error.\n";
 
 static const char  *octl_by_names[] = {
     "campaign", "source", "sender", "day", NULL
@@ -2373,6 +2431,749 @@ done:
     optout_fold_destroy(fold);
     json_decref(ctx.index);
     free(ctx.groups);
+
+    return rc;
+}
+
+
+/* import */
+
+static size_t
+octl_curl_write(char *ptr, size_t size, size_t nmemb, void *data)
+{
+    char           *p;
+    size_t          n, cap;
+    octl_import_t  *ctx;
+
+    ctx = data;
+    n = size * nmemb;
+
+    if (ctx->resp_len + n + 1 > ctx->resp_cap) {
+        cap = (ctx->resp_len + n + 1) * 2;
+        p = realloc(ctx->resp, cap);
+
+        if (p == NULL) {
+            return 0;
+        }
+
+        ctx->resp = p;
+        ctx->resp_cap = cap;
+    }
+
+    memcpy(ctx->resp + ctx->resp_len, ptr, n);
+    ctx->resp_len += n;
+    ctx->resp[ctx->resp_len] = '\0';
+
+    return n;
+}
+
+
+static void
+octl_import_msg(octl_import_t *ctx, const char *fmt, ...)
+{
+    va_list  args;
+
+    fflush(stdout);
+
+    if (ctx->bar) {
+        fputs("\r\033[K", stderr);
+    }
+
+    fputs("optoutctl: ", stderr);
+
+    va_start(args, fmt);
+    vfprintf(stderr, fmt, args);
+    va_end(args);
+
+    fputc('\n', stderr);
+}
+
+
+static void
+octl_import_bar(octl_import_t *ctx)
+{
+    int     i, w;
+    double  f;
+
+    if (!ctx->bar) {
+        return;
+    }
+
+    if (ctx->size > 0) {
+        f = (double) ctx->pos / (double) ctx->size;
+        f = f > 1 ? 1 : f;
+        w = (int) (f * 30);
+
+        fputs("\rimport [", stderr);
+
+        for (i = 0; i < 30; i++) {
+            fputc(i < w ? '#' : '.', stderr);
+        }
+
+        fprintf(stderr, "] %3d%% %" PRIu64 " rules", (int) (f * 100),
+                ctx->items);
+
+    } else {
+        fprintf(stderr, "\rimport: %" PRIu64 " rules", ctx->items);
+    }
+
+    fflush(stderr);
+}
+
+
+static void
+octl_import_invalid(octl_import_t *ctx, uint64_t lineno, const char *reason)
+{
+    ctx->invalid++;
+    octl_import_msg(ctx, "%s:%" PRIu64 ": invalid: %s", ctx->name, lineno,
+                    reason);
+}
+
+
+/* the answer to one chunk; -1: refused */
+
+static int
+octl_import_answer(octl_import_t *ctx, long status)
+{
+    json_t        *root, *results, *r, *v;
+    size_t         i, n;
+    const char    *s, *detail;
+    json_error_t   jerr;
+
+    n = json_array_size(ctx->chunk);
+    root = json_loadb(ctx->resp ? ctx->resp : "", ctx->resp_len, 0, &jerr);
+
+    if (status != 200) {
+        detail = NULL;
+        v = json_array_get(json_object_get(root, "errors"), 0);
+
+        if (v != NULL) {
+            detail = json_string_value(json_object_get(v, "detail"));
+            if (detail == NULL) {
+                detail = json_string_value(json_object_get(v, "title"));
+            }
+        }
+
+        octl_import_msg(ctx, "%s:%" PRIu64 "-%" PRIu64 ": refused: HTTP "
+                        "%ld%s%s", ctx->name, ctx->lines[0],
+                        ctx->lines[n - 1], status, detail ? ": " : "",
+                        detail ? detail : "");
+        json_decref(root);
+        return -1;
+    }
+
+    results = json_object_get(root, "results");
+
+    if (!json_is_array(results) || json_array_size(results) != n) {
+        octl_import_msg(ctx, "%s:%" PRIu64 "-%" PRIu64 ": refused: the "
+                        "answer is not the API's", ctx->name, ctx->lines[0],
+                        ctx->lines[n - 1]);
+        json_decref(root);
+        return -1;
+    }
+
+    json_array_foreach(results, i, r) {
+        s = json_string_value(json_object_get(r, "status"));
+
+        if (s != NULL && strcmp(s, "added") == 0) {
+            ctx->added++;
+
+        } else if (s != NULL && strcmp(s, "present") == 0) {
+            ctx->present++;
+
+        } else {
+            s = json_string_value(json_object_get(r, "reason"));
+            octl_import_invalid(ctx, ctx->lines[i], s ? s : "refused");
+        }
+    }
+
+    json_decref(root);
+
+    return 0;
+}
+
+
+static int
+octl_import_send(octl_import_t *ctx)
+{
+    int                 rc;
+    char               *body, hdr[sizeof("X-Optout-Namespace: ")
+                                  + OPTOUT_NAMESPACE_MAX];
+    long                status;
+    size_t              n;
+    CURLcode            crc;
+    struct curl_slist  *headers, *h;
+
+    n = json_array_size(ctx->chunk);
+
+    if (n == 0) {
+        return 0;
+    }
+
+    body = json_dumps(ctx->chunk, JSON_COMPACT);
+    if (body == NULL) {
+        octl_import_msg(ctx, "out of memory");
+        return -1;
+    }
+
+    headers = curl_slist_append(NULL, "Content-Type: application/json");
+    h = headers ? curl_slist_append(headers, "Expect:") : NULL;
+
+    if (h != NULL && ctx->ns[0] != '\0') {
+        snprintf(hdr, sizeof(hdr), "X-Optout-Namespace: %s", ctx->ns);
+        h = curl_slist_append(headers, hdr);
+    }
+
+    if (h == NULL) {
+        octl_import_msg(ctx, "out of memory");
+        curl_slist_free_all(headers);
+        free(body);
+        return -1;
+    }
+
+    ctx->resp_len = 0;
+
+    curl_easy_setopt(ctx->curl, CURLOPT_HTTPHEADER, headers);
+    curl_easy_setopt(ctx->curl, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(ctx->curl, CURLOPT_POSTFIELDSIZE_LARGE,
+                     (curl_off_t) strlen(body));
+
+    crc = curl_easy_perform(ctx->curl);
+
+    curl_slist_free_all(headers);
+    free(body);
+
+    if (crc != CURLE_OK) {
+        octl_import_msg(ctx, "%s:%" PRIu64 "-%" PRIu64 ": not sent: %s",
+                        ctx->name, ctx->lines[0], ctx->lines[n - 1],
+                        ctx->errbuf[0] ? ctx->errbuf
+                                       : curl_easy_strerror(crc));
+        return -1;
+    }
+
+    status = 0;
+    (void) curl_easy_getinfo(ctx->curl, CURLINFO_RESPONSE_CODE, &status);
+
+    rc = octl_import_answer(ctx, status);
+
+    if (rc == 0) {
+        json_array_clear(ctx->chunk);
+    }
+
+    octl_import_bar(ctx);
+
+    return rc;
+}
+
+
+/* one CSV field: unquoted, or quoted with "" for a quote */
+
+static const char *
+octl_csv_field(const char *p, const char *end, char *out, size_t size,
+    const char **next)
+{
+    size_t  n;
+
+    n = 0;
+
+    if (p < end && *p == '"') {
+        for (p++; ; p++) {
+            if (p == end) {
+                return "unterminated quote";
+            }
+
+            if (*p == '"') {
+                if (p + 1 < end && p[1] == '"') {
+                    p++;
+
+                } else {
+                    p++;
+                    break;
+                }
+            }
+
+            if (n + 1 >= size) {
+                return "field too long";
+            }
+
+            out[n++] = *p;
+        }
+
+        if (p < end && *p != ',') {
+            return "text after a quoted field";
+        }
+
+    } else {
+        for ( /* void */ ; p < end && *p != ','; p++) {
+            if (*p == '"') {
+                return "quote inside a field";
+            }
+
+            if (n + 1 >= size) {
+                return "field too long";
+            }
+
+            out[n++] = *p;
+        }
+    }
+
+    out[n] = '\0';
+    *next = (p < end) ? p + 1 : NULL;
+
+    return NULL;
+}
+
+
+/* a CSV line into an API item: columns[] gives each field's name */
+
+static const char *
+octl_csv_item(octl_import_t *ctx, const char *line, size_t len,
+    json_t *item, char *ns)
+{
+    char          field[OCTL_FIELD_MAX];
+    size_t        i;
+    const char   *p, *end, *err, *name;
+
+    p = line;
+    end = line + len;
+    ns[0] = '\0';
+
+    for (i = 0; p != NULL; i++) {
+        err = octl_csv_field(p, end, field, sizeof(field), &p);
+        if (err != NULL) {
+            return err;
+        }
+
+        if (i == ctx->ncolumns) {
+            return "too many fields";
+        }
+
+        name = ctx->columns[i];
+
+        if (name == NULL || field[0] == '\0') {
+            continue;
+        }
+
+        if (strcmp(name, "namespace") == 0) {
+            if (optout_check_namespace(field, strlen(field)) != OPTOUT_OK) {
+                return "namespace";
+            }
+
+            strcpy(ns, field);
+            continue;
+        }
+
+        if (json_object_set_new(item, name, json_string(field)) != 0) {
+            return "not UTF-8";
+        }
+    }
+
+    return NULL;
+}
+
+
+static const char *
+octl_ndjson_item(const char *line, size_t len, json_t *item, char *ns)
+{
+    size_t        i;
+    json_t       *root, *v;
+    const char   *s;
+    json_error_t  jerr;
+
+    static const char  *fields[] = {
+        "destination", "sender", "campaign", "channel", "source", "since",
+        NULL
+    };
+
+    ns[0] = '\0';
+
+    root = json_loadb(line, len, 0, &jerr);
+    if (root == NULL) {
+        return "not valid JSON";
+    }
+
+    if (!json_is_object(root)) {
+        json_decref(root);
+        return "not an object";
+    }
+
+    s = json_string_value(json_object_get(root, "namespace"));
+
+    if (s != NULL && s[0] != '\0') {
+        if (optout_check_namespace(s, strlen(s)) != OPTOUT_OK) {
+            json_decref(root);
+            return "namespace";
+        }
+
+        strcpy(ns, s);
+    }
+
+    for (i = 0; fields[i] != NULL; i++) {
+        v = json_object_get(root, fields[i]);
+
+        if (v == NULL || (json_is_string(v) && json_string_length(v) == 0))
+        {
+            continue;
+        }
+
+        if (json_object_set(item, fields[i], v) != 0) {
+            json_decref(root);
+            return "out of memory";
+        }
+    }
+
+    json_decref(root);
+
+    return NULL;
+}
+
+
+/* a first CSV line that names its columns */
+
+static int
+octl_csv_header(octl_import_t *ctx, const char *line, size_t len)
+{
+    char         field[OCTL_FIELD_MAX];
+    size_t       i, k;
+    const char  *p, *end;
+
+    static const char  *names[] = {
+        "destination", "sender", "campaign", "channel", "source", "since",
+        "namespace", NULL
+    };
+
+    p = line;
+    end = line + len;
+
+    if (octl_csv_field(p, end, field, sizeof(field), &p) != NULL
+        || strcasecmp(field, "destination") != 0)
+    {
+        return 0;
+    }
+
+    ctx->ncolumns = 0;
+    p = line;
+
+    for (i = 0; p != NULL && i < OCTL_COLUMNS_MAX; i++) {
+        if (octl_csv_field(p, end, field, sizeof(field), &p) != NULL) {
+            return 0;
+        }
+
+        ctx->columns[i] = NULL;
+
+        for (k = 0; names[k] != NULL; k++) {
+            if (strcasecmp(field, names[k]) == 0) {
+                ctx->columns[i] = names[k];
+            }
+        }
+
+        ctx->ncolumns++;
+    }
+
+    return 1;
+}
+
+
+static int
+octl_import_line(octl_import_t *ctx, const char *line, size_t len,
+    uint64_t lineno)
+{
+    char         ns[OPTOUT_NAMESPACE_MAX + 1];
+    json_t      *item;
+    const char  *err;
+
+    item = json_object();
+    if (item == NULL) {
+        octl_import_msg(ctx, "out of memory");
+        return -1;
+    }
+
+    err = ctx->ndjson ? octl_ndjson_item(line, len, item, ns)
+                      : octl_csv_item(ctx, line, len, item, ns);
+
+    if (err == NULL && json_object_get(item, "destination") == NULL) {
+        err = "destination";
+    }
+
+    ctx->items++;
+
+    if (err != NULL) {
+        json_decref(item);
+        octl_import_invalid(ctx, lineno, err);
+        return 0;
+    }
+
+    if (json_object_get(item, "source") == NULL
+        && json_object_set_new(item, "source", json_string("import")) != 0)
+    {
+        json_decref(item);
+        octl_import_msg(ctx, "out of memory");
+        return -1;
+    }
+
+    /* one namespace a chunk: it travels in a header */
+
+    if (strcmp(ns, ctx->ns) != 0 || json_array_size(ctx->chunk) == ctx->max)
+    {
+        if (octl_import_send(ctx) != 0) {
+            json_decref(item);
+            return -1;
+        }
+
+        strcpy(ctx->ns, ns);
+    }
+
+    ctx->lines[json_array_size(ctx->chunk)] = lineno;
+
+    if (json_array_append_new(ctx->chunk, item) != 0) {
+        octl_import_msg(ctx, "out of memory");
+        return -1;
+    }
+
+    return 0;
+}
+
+
+static int
+octl_import_read(octl_import_t *ctx, FILE *fp)
+{
+    char      *line, *p;
+    size_t     cap, len;
+    ssize_t    n;
+    uint64_t   lineno;
+    unsigned   first;
+
+    line = NULL;
+    cap = 0;
+    lineno = 0;
+    first = 1;
+
+    while ((n = getline(&line, &cap, fp)) != -1) {
+        lineno++;
+        ctx->pos += (uint64_t) n;
+        len = (size_t) n;
+
+        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'
+                           || line[len - 1] == ' '))
+        {
+            len--;
+        }
+
+        for (p = line; p < line + len && (*p == ' ' || *p == '\t'); p++) {
+            /* void */
+        }
+
+        if (p == line + len) {
+            continue;
+        }
+
+        if (first) {
+            first = 0;
+            ctx->ndjson = (*p == '{');
+
+            if (!ctx->ndjson && octl_csv_header(ctx, line, len)) {
+                continue;
+            }
+        }
+
+        if (octl_import_line(ctx, line, len, lineno) != 0) {
+            free(line);
+            return -1;
+        }
+    }
+
+    free(line);
+
+    if (ferror(fp)) {
+        octl_import_msg(ctx, "%s: %s", ctx->name, strerror(errno));
+        return -1;
+    }
+
+    return octl_import_send(ctx);
+}
+
+
+static int
+octl_import(int argc, char **argv)
+{
+    int             c, rc;
+    FILE           *fp;
+    uint64_t        v;
+    const char     *url, *user, *cacert, *cert, *key;
+    struct stat     st;
+    octl_import_t   ctx;
+
+    static const char  *csv_columns[] = {
+        "destination", "sender", "campaign", "channel"
+    };
+    static const struct option  longopts[] = {
+        { "url", required_argument, NULL, 'u' },
+        { "user", required_argument, NULL, 'U' },
+        { "cacert", required_argument, NULL, 'C' },
+        { "cert", required_argument, NULL, 'E' },
+        { "key", required_argument, NULL, 'k' },
+        { "chunk", required_argument, NULL, 'c' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 }
+    };
+
+    memset(&ctx, 0, sizeof(ctx));
+    ctx.max = OCTL_CHUNK_MAX;
+    url = NULL;
+    user = getenv("OPTOUT_API_USER");
+    cacert = NULL;
+    cert = NULL;
+    key = NULL;
+
+    while ((c = octl_getopt(argc, argv, "import", ":u:U:C:E:k:c:h",
+                            longopts))
+           != -1)
+    {
+        switch (c) {
+        case 'u':
+            url = optarg;
+            break;
+        case 'U':
+            user = optarg;
+            break;
+        case 'C':
+            cacert = optarg;
+            break;
+        case 'E':
+            cert = optarg;
+            break;
+        case 'k':
+            key = optarg;
+            break;
+        case 'c':
+            if (octl_parse_u64(optarg, strlen(optarg), &v) != 0 || v < 1
+                || v > OCTL_CHUNK_MAX)
+            {
+                return octl_usage_error("import", "invalid --chunk \"%s\" "
+                                        "(1..%d)", optarg, OCTL_CHUNK_MAX);
+            }
+
+            ctx.max = (size_t) v;
+            break;
+        case 'h':
+            return octl_help(octl_import_usage);
+        default:
+            return OCTL_EXIT_USAGE;
+        }
+    }
+
+    if (url == NULL) {
+        return octl_usage_error("import", "missing --url");
+    }
+
+    if (argc - optind > 1) {
+        return octl_usage_error("import", "too many arguments");
+    }
+
+    ctx.name = (optind < argc) ? argv[optind] : "-";
+
+    if (strcmp(ctx.name, "-") == 0) {
+        fp = stdin;
+        ctx.name = "stdin";
+
+    } else {
+        fp = fopen(ctx.name, "re");
+
+        if (fp == NULL) {
+            octl_error("%s: %s", ctx.name, strerror(errno));
+            return OCTL_EXIT_ERROR;
+        }
+    }
+
+    if (fstat(fileno(fp), &st) == 0 && S_ISREG(st.st_mode)) {
+        ctx.size = (uint64_t) st.st_size;
+    }
+
+    ctx.bar = isatty(STDERR_FILENO);
+    memcpy(ctx.columns, csv_columns, sizeof(csv_columns));
+    ctx.ncolumns = 4;
+
+    rc = OCTL_EXIT_ERROR;
+
+    ctx.chunk = json_array();
+    ctx.lines = malloc(ctx.max * sizeof(uint64_t));
+
+    if (ctx.chunk == NULL || ctx.lines == NULL
+        || curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK
+        || (ctx.curl = curl_easy_init()) == NULL)
+    {
+        octl_error("cannot initialize: out of memory");
+        goto done;
+    }
+
+    ctx.errbuf[0] = '\0';
+
+    if (curl_easy_setopt(ctx.curl, CURLOPT_URL, url) != CURLE_OK
+        || curl_easy_setopt(ctx.curl, CURLOPT_ERRORBUFFER, ctx.errbuf)
+           != CURLE_OK
+        || curl_easy_setopt(ctx.curl, CURLOPT_WRITEFUNCTION, octl_curl_write)
+           != CURLE_OK
+        || curl_easy_setopt(ctx.curl, CURLOPT_WRITEDATA, &ctx) != CURLE_OK
+        || curl_easy_setopt(ctx.curl, CURLOPT_NOSIGNAL, 1L) != CURLE_OK
+        || curl_easy_setopt(ctx.curl, CURLOPT_TCP_NODELAY, 1L) != CURLE_OK
+        || curl_easy_setopt(ctx.curl, CURLOPT_CONNECTTIMEOUT, 10L)
+           != CURLE_OK
+        || curl_easy_setopt(ctx.curl, CURLOPT_TIMEOUT, 300L) != CURLE_OK
+        || (user != NULL && user[0] != '\0'
+            && curl_easy_setopt(ctx.curl, CURLOPT_USERPWD, user) != CURLE_OK)
+        || (cacert != NULL
+            && curl_easy_setopt(ctx.curl, CURLOPT_CAINFO, cacert)
+               != CURLE_OK)
+        || (cert != NULL
+            && curl_easy_setopt(ctx.curl, CURLOPT_SSLCERT, cert) != CURLE_OK)
+        || (key != NULL
+            && curl_easy_setopt(ctx.curl, CURLOPT_SSLKEY, key) != CURLE_OK))
+    {
+        octl_error("invalid --url or TLS option (libcurl refused it)");
+        goto done;
+    }
+
+    if (octl_import_read(&ctx, fp) == 0) {
+        rc = OCTL_EXIT_OK;
+
+    } else {
+        octl_import_msg(&ctx, "stopped: run the import again, the rules "
+                        "already added are then answered \"present\"");
+    }
+
+    if (ctx.bar) {
+        fputs("\r\033[K", stderr);
+    }
+
+    printf("imported %" PRIu64 " rules: %" PRIu64 " added, %" PRIu64
+           " already present, %" PRIu64 " invalid, %" PRIu64 " not "
+           "imported\n", ctx.items, ctx.added, ctx.present, ctx.invalid,
+           ctx.items - ctx.added - ctx.present - ctx.invalid);
+
+    if (ctx.invalid > 0 || ctx.items != ctx.added + ctx.present + ctx.invalid)
+    {
+        rc = OCTL_EXIT_ERROR;
+    }
+
+    if (fflush(stdout) == EOF || ferror(stdout)) {
+        octl_error("writing stdout: %s", strerror(errno));
+        rc = OCTL_EXIT_ERROR;
+    }
+
+done:
+
+    if (ctx.curl != NULL) {
+        curl_easy_cleanup(ctx.curl);
+    }
+
+    curl_global_cleanup();
+    json_decref(ctx.chunk);
+    free(ctx.lines);
+    free(ctx.resp);
+
+    if (fp != stdin) {
+        (void) fclose(fp);
+    }
 
     return rc;
 }
