@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/deps.sh wrk curl python3
-for b in bench/links.sh bench/check.sh bench/starvation.sh; do
+for b in bench/links.sh bench/check.sh bench/starvation.sh bench/import.sh; do
     echo "== $b"
     bash "$b"
 done
