@@ -21,6 +21,7 @@ CORE_HDRS := src/optout_core.h
 MC_SRCS   := src/optout_memcached.c src/optout_memcached.h
 JNL_SRCS  := src/optout_journal.c src/optout_journal.h
 FOLD_SRCS := src/optout_fold.c src/optout_fold.h
+PIPE_SRCS := src/optout_pipe.c src/optout_pipe.h
 MOD_SRCS  := $(wildcard src/ngx_http_optout_*.c src/ngx_http_optout_*.h) \
              $(MC_SRCS) $(JNL_SRCS)
 
@@ -40,11 +41,11 @@ $(BUILD)/ngx_http_optout_module.so: config $(MOD_SRCS) $(CORE_SRCS) \
 tools: $(BUILD)/optoutctl $(BUILD)/test_core $(BUILD)/test_fold
 
 $(BUILD)/optoutctl: tools/optoutctl.c $(CORE_SRCS) $(CORE_HDRS) $(MC_SRCS) \
-                   $(JNL_SRCS) $(FOLD_SRCS)
+                   $(JNL_SRCS) $(FOLD_SRCS) $(PIPE_SRCS)
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) $(WARN) -Isrc -o $@ tools/optoutctl.c $(CORE_SRCS) \
 	    src/optout_memcached.c src/optout_journal.c src/optout_fold.c \
-	    $(LIBS) -lmemcached -ljansson -lcurl -lm
+	    src/optout_pipe.c $(LIBS) -lmemcached -ljansson -lcurl -lm
 
 $(BUILD)/test_fold: tests/unit/test_fold.c $(CORE_SRCS) $(CORE_HDRS) \
                     $(JNL_SRCS) $(FOLD_SRCS)

@@ -470,7 +470,7 @@ like($err, qr/^optoutctl: memcached get failed: /, 'get: error reported');
 ($rc, $out, $err) = run('replay', '--store', $dead, '--store-secret', $ss,
                         $journal);
 is($rc, 1, 'replay: memcached down exit 1');
-like($err, qr/^optoutctl: memcached add failed: .*; stopped \(the journals /m,
+like($err, qr/^optoutctl: memcached write failed: .*; stopped \(the journals /m,
      'replay: error reported');
 is($out, '', 'replay: no summary after an error');
 

@@ -270,6 +270,37 @@ sub skey { $t->skey(dest => $_[0], sender => $_[1], ns => $_[2]) }
        . ' link email 1', 'replay: sender rule');
 }
 
+# two servers: every key written where libmemcached's distribution (and
+# so the module, and "optoutctl get") looks for it
+
+{
+    my $t2 = OptoutTest->new;
+    $t2->memcached_start;
+    my $two = "$store --SERVER=127.0.0.1:" . $t2->mc_port;
+
+    my ($rc, $out, $err) = run('replay', '--store', $two, '--store-secret',
+                               $ss, @ab);
+    is($out, "replayed 14 records: 5 added, 0 already present, 1 deleted, "
+       . "2 skipped\n", 'replay to two servers: counts') or diag $err;
+
+    my @found;
+    for my $q (['+447700900001'], ['+447700900002'], ['a@b.co', 'ACME'],
+               ['+447700900005', 'ACME'],
+               ['+447700900004', undef, 'brand-x'])
+    {
+        my ($dest, $sender, $ns) = @$q;
+        ($rc, $out) = run('get', '--store', $two, '--store-secret', $ss,
+                          (defined $sender ? ('--sender', $sender) : ()),
+                          (defined $ns ? ('--namespace', $ns) : ()), $dest);
+        push @found, $rc;
+    }
+    is("@found", '0 0 0 0 0', 'replay to two servers: get finds each rule');
+    my @m = map { "optout:marker:$_" } 0 .. 99;
+    is(scalar(keys %{ $t2->mc_get_multi(@m) }), 1,
+       'replay to two servers: the second server holds its marker');
+    $t2->memcached_stop;
+}
+
 # ---------------------------------------------------------------- import
 
 # errors found in the file itself: nothing to send, so no server needed

@@ -38,6 +38,7 @@
 #include "optout_fold.h"
 #include "optout_journal.h"
 #include "optout_memcached.h"
+#include "optout_pipe.h"
 
 
 #define OCTL_EXIT_OK          0
@@ -90,12 +91,10 @@ typedef struct {
 
 typedef struct {
     memcached_st   *memc;
+    optout_pipe_t  *pipe;
     optout_mac_t   *mac;
     const char     *prefix;
     size_t          prefix_len;
-    uint64_t        added;
-    uint64_t        present;
-    uint64_t        deleted;
 } octl_replay_t;
 
 
@@ -1613,10 +1612,10 @@ octl_replay_item(octl_replay_t *ctx, optout_fold_item_t *it)
     int                  rc;
     char                 key[OPTOUT_STORE_KEY_MAX + 1];
     char                 value[OPTOUT_VALUE_MAX + 1];
+    char                 err[512];
     size_t               key_len, value_len;
-    const char          *op;
+    unsigned             op;
     optout_dest_t        dest;
-    memcached_return_t   mrc;
 
     rc = optout_normalize_dest(optout_fold_dest(it), it->dest_len, &dest);
 
@@ -1632,70 +1631,52 @@ octl_replay_item(octl_replay_t *ctx, optout_fold_item_t *it)
         return -1;
     }
 
+    value_len = 0;
+
+    /*
+     * An opted-in rule is deleted.  A rule born again after an opt-in
+     * replaces what the store holds; a rule never removed is added, so an
+     * older one (its first campaign) is kept.
+     */
+
     if (it->state == OPTOUT_FOLD_IN) {
-        op = "delete";
-        mrc = memcached_delete(ctx->memc, key, key_len, 0);
+        op = OPTOUT_PIPE_DELETE;
 
-        if (mrc == MEMCACHED_SUCCESS || mrc == MEMCACHED_NOTFOUND) {
-            ctx->deleted++;
-            return 0;
+    } else {
+        op = it->reborn ? OPTOUT_PIPE_SET : OPTOUT_PIPE_ADD;
+        value_len = optout_rule_format(&it->rule, value);
+
+        if (value_len == 0) {
+            octl_error("cannot format the rule value");
+            return -1;
         }
-
-        goto failed;
     }
 
-    value_len = optout_rule_format(&it->rule, value);
-
-    if (value_len == 0) {
-        octl_error("cannot format the rule value");
+    if (optout_pipe_write(ctx->pipe, op, key, key_len, value, value_len, err,
+                          sizeof(err))
+        != 0)
+    {
+        octl_error("memcached write failed: %s; stopped (the journals are "
+                   "intact: run replay again)", err);
         return -1;
     }
 
-    /*
-     * A rule born again after an opt-in replaces what the store holds; a
-     * rule never removed keeps an older one (its first campaign).
-     */
-
-    if (it->reborn) {
-        op = "set";
-        mrc = memcached_set(ctx->memc, key, key_len, value, value_len, 0, 0);
-
-    } else {
-        op = "add";
-        mrc = memcached_add(ctx->memc, key, key_len, value, value_len, 0, 0);
-    }
-
-    if (mrc == MEMCACHED_SUCCESS) {
-        ctx->added++;
-        return 0;
-    }
-
-    if (!it->reborn
-        && (mrc == MEMCACHED_NOTSTORED || mrc == MEMCACHED_DATA_EXISTS))
-    {
-        ctx->present++;
-        return 0;
-    }
-
-failed:
-
-    octl_error("memcached %s failed: %s; stopped (the journals are intact: "
-               "run replay again)", op, octl_memc_error(ctx->memc, mrc));
-
-    return -1;
+    return 0;
 }
 
 
 static int
 octl_replay(int argc, char **argv)
 {
-    int                   c, rc;
-    size_t                i, n;
-    uint64_t              lines, skipped;
-    const char           *conf, *secret, *prefix;
-    optout_fold_t        *fold;
-    octl_replay_t         ctx;
-    optout_fold_item_t  **items;
+    int                          c, rc;
+    char                         err[512];
+    size_t                       i, n;
+    uint64_t                     lines, skipped;
+    const char                  *conf, *secret, *prefix;
+    optout_fold_t               *fold;
+    octl_replay_t                ctx;
+    optout_fold_item_t         **items;
+    const optout_pipe_counts_t  *counts;
 
     static const struct option  longopts[] = {
         { "store", required_argument, NULL, 'S' },
@@ -1768,19 +1749,35 @@ octl_replay(int argc, char **argv)
         goto done;
     }
 
+    ctx.pipe = optout_pipe_create(ctx.memc, OCTL_MC_TIMEOUT, err,
+                                  sizeof(err));
+    if (ctx.pipe == NULL) {
+        octl_error("%s", err);
+        goto done;
+    }
+
     for (i = 0; i < n; i++) {
         if (octl_replay_item(&ctx, items[i]) != 0) {
             goto done;
         }
     }
 
+    if (optout_pipe_flush(ctx.pipe, err, sizeof(err)) != 0) {
+        octl_error("memcached write failed: %s; stopped (the journals are "
+                   "intact: run replay again)", err);
+        goto done;
+    }
+
     if (octl_mark(ctx.memc, prefix, ctx.prefix_len) != 0) {
         goto done;
     }
 
+    counts = optout_pipe_counts(ctx.pipe);
+
     printf("replayed %" PRIu64 " records: %" PRIu64 " added, %" PRIu64
            " already present, %" PRIu64 " deleted, %" PRIu64 " skipped\n",
-           lines, ctx.added, ctx.present, ctx.deleted, skipped);
+           lines, counts->stored, counts->not_stored,
+           counts->deleted + counts->not_found, skipped);
 
     if (fflush(stdout) == EOF || ferror(stdout)) {
         octl_error("writing stdout: %s", strerror(errno));
@@ -1793,6 +1790,7 @@ done:
 
     free(items);
     optout_fold_destroy(fold);
+    optout_pipe_destroy(ctx.pipe);
 
     if (ctx.memc != NULL) {
         memcached_free(ctx.memc);
