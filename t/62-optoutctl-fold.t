@@ -277,6 +277,7 @@ sub skey { $t->skey(dest => $_[0], sender => $_[1], ns => $_[2]) }
     my $t2 = OptoutTest->new;
     $t2->memcached_start;
     my $two = "$store --SERVER=127.0.0.1:" . $t2->mc_port;
+    $t->mc_flush;
 
     my ($rc, $out, $err) = run('replay', '--store', $two, '--store-secret',
                                $ss, @ab);
