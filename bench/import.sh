@@ -35,7 +35,8 @@ a=$(now)
 "$root/build/optoutctl" export "$prefix/journal.log" > "$prefix/rules.ndjson"
 b=$(now)
 rules=$(wc -l < "$prefix/rules.ndjson")
-echo "export: $LINES journal lines -> $rules rules in $(rate "$LINES" "$a" "$b")"
+echo "export: $LINES journal lines -> $rules rules" \
+     "in $(rate "$LINES" "$a" "$b")"
 
 a=$(now)
 "$root/build/optoutctl" export --format csv "$prefix/journal.log" \

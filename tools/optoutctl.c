@@ -6,7 +6,10 @@
  *   optoutctl sign ...               make signed opt-out links
  *   optoutctl verify ... TOKEN       check a token or link
  *   optoutctl get ... DEST           show the rules stored for a destination
- *   optoutctl replay ... JOURNAL     seed memcached from the journal
+ *   optoutctl replay ... JOURNAL...  seed memcached from the journals
+ *   optoutctl export ... JOURNAL...  print the rules the journals leave
+ *   optoutctl report ... JOURNAL...  count opt-outs and opt-ins per group
+ *   optoutctl import --url URL ...   send rules to the management API
  *
  * See docs/optoutctl.md.
  */
@@ -2490,12 +2493,15 @@ octl_import_msg(octl_import_t *ctx, const char *fmt, ...)
 static void
 octl_import_bar(octl_import_t *ctx)
 {
-    int     i, w;
-    double  f;
+    int       i, w;
+    double    f;
+    uint64_t  done;
 
     if (!ctx->bar) {
         return;
     }
+
+    done = ctx->added + ctx->present + ctx->invalid;
 
     if (ctx->size > 0) {
         f = (double) ctx->pos / (double) ctx->size;
@@ -2509,10 +2515,10 @@ octl_import_bar(octl_import_t *ctx)
         }
 
         fprintf(stderr, "] %3d%% %" PRIu64 " rules", (int) (f * 100),
-                ctx->items);
+                done);
 
     } else {
-        fprintf(stderr, "\rimport: %" PRIu64 " rules", ctx->items);
+        fprintf(stderr, "\rimport: %" PRIu64 " rules", done);
     }
 
     fflush(stderr);
