@@ -2559,9 +2559,11 @@ octl_import_answer(octl_import_t *ctx, long status)
         }
 
         octl_import_msg(ctx, "%s:%" PRIu64 "-%" PRIu64 ": refused: HTTP "
-                        "%ld%s%s", ctx->name, ctx->lines[0],
+                        "%ld%s%s%s", ctx->name, ctx->lines[0],
                         ctx->lines[n - 1], status, detail ? ": " : "",
-                        detail ? detail : "");
+                        detail ? detail : "",
+                        status == 413 ? " (raise client_max_body_size in "
+                        "the API location, or use a smaller --chunk)" : "");
         json_decref(root);
         return -1;
     }
