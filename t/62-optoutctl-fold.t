@@ -309,7 +309,9 @@ sub skey { $t->skey(dest => $_[0], sender => $_[1], ns => $_[2]) }
 my $closed = 'http://127.0.0.1:' . OptoutTest::_free_port() . '/api';
 
 {
-    $t->write_file('bad.csv', "destination,sender,campaign,channel\n"
+    # a byte order mark before the header, as spreadsheets write it
+    $t->write_file('bad.csv', "\xef\xbb\xbfdestination,sender,campaign,"
+                   . "channel\n"
                    . "\"+447700900001,ACME\n"
                    . "+447700900002,ACME,1,sms,extra\n"
                    . "\n"

@@ -2965,7 +2965,16 @@ octl_import_read(octl_import_t *ctx, FILE *fp)
             len--;
         }
 
-        for (p = line; p < line + len && (*p == ' ' || *p == '\t'); p++) {
+        p = line;
+
+        /* a byte order mark, as spreadsheets write them */
+
+        if (first && len >= 3 && memcmp(line, "\xef\xbb\xbf", 3) == 0) {
+            p += 3;
+        }
+
+        for ( /* void */ ; p < line + len && (*p == ' ' || *p == '\t'); p++)
+        {
             /* void */
         }
 
@@ -2977,12 +2986,16 @@ octl_import_read(octl_import_t *ctx, FILE *fp)
             first = 0;
             ctx->ndjson = (*p == '{');
 
-            if (!ctx->ndjson && octl_csv_header(ctx, line, len)) {
+            if (!ctx->ndjson
+                && octl_csv_header(ctx, p, len - (size_t) (p - line)))
+            {
                 continue;
             }
         }
 
-        if (octl_import_line(ctx, line, len, lineno) != 0) {
+        if (octl_import_line(ctx, p, len - (size_t) (p - line), lineno)
+            != 0)
+        {
             free(line);
             return -1;
         }
