@@ -22,6 +22,8 @@ CORE_SRCS := src/optout_normalize.c src/optout_token.c src/optout_crypto.c \
 CORE_HDRS := src/optout_core.h
 MC_SRCS   := src/optout_memcached.c src/optout_memcached.h
 JNL_SRCS  := src/optout_journal.c src/optout_journal.h
+FOLD_SRCS := src/optout_fold.c src/optout_fold.h
+PIPE_SRCS := src/optout_pipe.c src/optout_pipe.h
 MOD_SRCS  := $(wildcard src/ngx_http_optout_*.c src/ngx_http_optout_*.h) \
              $(MC_SRCS) $(JNL_SRCS)
 
@@ -38,14 +40,21 @@ $(BUILD)/ngx_http_optout_module.so: config $(MOD_SRCS) $(CORE_SRCS) \
                                     $(CORE_HDRS) tools/build-module.sh
 	@NGINX_SRC="$(NGINX_SRC)" bash tools/build-module.sh
 
-tools: $(BUILD)/optoutctl $(BUILD)/test_core
+tools: $(BUILD)/optoutctl $(BUILD)/test_core $(BUILD)/test_fold
 
 $(BUILD)/optoutctl: tools/optoutctl.c $(CORE_SRCS) $(CORE_HDRS) $(MC_SRCS) \
-                   $(JNL_SRCS)
+                   $(JNL_SRCS) $(FOLD_SRCS) $(PIPE_SRCS)
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) $(WARN) -Isrc -o $@ tools/optoutctl.c $(CORE_SRCS) \
-	    src/optout_memcached.c src/optout_journal.c \
-	    $(LIBS) -lmemcached -ljansson
+	    src/optout_memcached.c src/optout_journal.c src/optout_fold.c \
+	    src/optout_pipe.c $(LIBS) -lmemcached -ljansson -lcurl -lm
+
+$(BUILD)/test_fold: tests/unit/test_fold.c $(CORE_SRCS) $(CORE_HDRS) \
+                    $(JNL_SRCS) $(FOLD_SRCS)
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) $(WARN) -Isrc -o $@ tests/unit/test_fold.c \
+	    $(CORE_SRCS) src/optout_journal.c src/optout_fold.c \
+	    $(LIBS) -ljansson -lm
 
 $(BUILD)/test_core: tests/unit/test_core.c $(CORE_SRCS) $(CORE_HDRS)
 	@mkdir -p $(BUILD)
@@ -57,8 +66,9 @@ $(BUILD)/fuzz_%: fuzz/fuzz_%.c $(CORE_SRCS) $(CORE_HDRS)
 	$(FUZZ_CC) -g -O1 -fsanitize=fuzzer,address,undefined \
 	    -fno-sanitize-recover=all -Isrc -o $@ $< $(CORE_SRCS) $(LIBS)
 
-unit: $(BUILD)/test_core
+unit: $(BUILD)/test_core $(BUILD)/test_fold
 	$(BUILD)/test_core
+	$(BUILD)/test_fold
 
 # short runs, part of make test (t/01-fuzz.t)
 fuzz-short: $(BUILD)/fuzz_token $(BUILD)/fuzz_normalize

@@ -3,7 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/deps.sh wrk curl python3
-for b in bench/links.sh bench/check.sh bench/starvation.sh bench/api.sh; do
+for b in bench/links.sh bench/check.sh bench/starvation.sh bench/api.sh \
+         bench/import.sh; do
     echo "== $b"
     bash "$b"
 done

@@ -21,6 +21,7 @@ static const char *optout_journal_string(json_t *obj, const char *name,
 static int optout_journal_u64(const char *s, size_t len, uint64_t *out);
 static int optout_journal_rule(json_t *root, optout_journal_entry_t *e,
     double t, char *err, size_t err_len);
+static void optout_journal_optin(json_t *root, optout_journal_entry_t *e);
 
 
 static int
@@ -145,6 +146,8 @@ optout_journal_parse(const char *line, size_t len,
         goto done;
     }
 
+    e->time = t;
+
     ns = optout_journal_string(root, "ns", &ns_len);
 
     if (ns == NULL) {
@@ -199,8 +202,13 @@ optout_journal_parse(const char *line, size_t len,
         goto done;
     }
 
-    rc = e->optin ? OPTOUT_OK
-                  : optout_journal_rule(root, e, t, err, err_len);
+    if (e->optin) {
+        optout_journal_optin(root, e);
+        rc = OPTOUT_OK;
+
+    } else {
+        rc = optout_journal_rule(root, e, t, err, err_len);
+    }
 
 done:
 
@@ -288,6 +296,38 @@ optout_journal_rule(json_t *root, optout_journal_entry_t *e, double t,
     e->rule.key_id = (unsigned) kid;
 
     return OPTOUT_OK;
+}
+
+
+/*
+ * An "optin" line needs neither: its campaign and source only feed
+ * reports, so they are taken when valid (source "api" otherwise).
+ */
+
+static void
+optout_journal_optin(json_t *root, optout_journal_entry_t *e)
+{
+    int          source;
+    json_t      *v;
+    size_t       n;
+    uint64_t     campaign;
+    const char  *s;
+
+    v = json_object_get(root, "campaign");
+
+    if (v != NULL && json_is_string(v)
+        && optout_journal_u64(json_string_value(v), json_string_length(v),
+                              &campaign)
+           == 0)
+    {
+        e->rule.campaign = campaign;
+    }
+
+    s = optout_journal_string(root, "source", &n);
+    source = (s != NULL) ? optout_source_parse(s, n) : -1;
+
+    e->rule.source = (source >= 0) ? (unsigned) source : OPTOUT_SOURCE_API;
+    e->rule.time = (int64_t) e->time;
 }
 
 

@@ -13,12 +13,14 @@
 /* one journal line, checked; what replay and the applier apply */
 typedef struct {
     unsigned        optin;                     /* 0: "optout", 1: "optin" */
+    double          time;                      /* "t", unix seconds, ms */
     size_t          ns_len;
     char            ns[OPTOUT_NAMESPACE_MAX + 1];
     optout_dest_t   dest;
     size_t          sender_len;                /* 0: account-wide */
     char            sender[OPTOUT_SENDER_MAX + 1];
-    optout_rule_t   rule;                      /* "optout" only */
+    optout_rule_t   rule;                      /* "optout"; for "optin"
+                                                  campaign and source */
 } optout_journal_entry_t;
 
 

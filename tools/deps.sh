@@ -8,6 +8,7 @@ pkgs=(make gcc clang libclang-rt-dev perl procps openssl
       nginx nginx-dev memcached libmemcached-dev libssl-dev libjansson-dev
       build-essential dpkg-dev debhelper lintian
       prometheus
+      libcurl4-openssl-dev
       "$@")
 
 missing=()

@@ -6,7 +6,10 @@
  *   optoutctl sign ...               make signed opt-out links
  *   optoutctl verify ... TOKEN       check a token or link
  *   optoutctl get ... DEST           show the rules stored for a destination
- *   optoutctl replay ... JOURNAL     seed memcached from the journal
+ *   optoutctl replay ... JOURNAL...  seed memcached from the journals
+ *   optoutctl export ... JOURNAL...  print the rules the journals leave
+ *   optoutctl report ... JOURNAL...  count opt-outs and opt-ins per group
+ *   optoutctl import --url URL ...   send rules to the management API
  *
  * See docs/optoutctl.md.
  */
@@ -16,10 +19,12 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <time.h>
@@ -28,11 +33,15 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
+#include <curl/curl.h>
+#include <jansson.h>
 #include <libmemcached/memcached.h>
 
 #include "optout_core.h"
+#include "optout_fold.h"
 #include "optout_journal.h"
 #include "optout_memcached.h"
+#include "optout_pipe.h"
 
 
 #define OCTL_EXIT_OK          0
@@ -45,6 +54,17 @@
 #define OCTL_MC_TIMEOUT       1000              /* ms */
 #define OCTL_STDOUT_BUF       (1024 * 1024)
 #define OCTL_MAX_KEYS         OPTOUT_KEY_ID_MAX
+#define OCTL_LABEL_MAX        32
+#define OCTL_ACCOUNT_LABEL    "(account-wide)"
+
+#define OCTL_BY_CAMPAIGN      0
+#define OCTL_BY_SOURCE        1
+#define OCTL_BY_SENDER        2
+#define OCTL_BY_DAY           3
+
+#define OCTL_CHUNK_MAX        10000             /* items a request */
+#define OCTL_COLUMNS_MAX      16
+#define OCTL_FIELD_MAX        512
 
 
 typedef struct {
@@ -72,25 +92,63 @@ typedef struct {
 } octl_sign_t;
 
 
-typedef enum {
-    OCTL_REPLAY_ADDED = 0,
-    OCTL_REPLAY_PRESENT,
-    OCTL_REPLAY_DELETED,
-    OCTL_REPLAY_ABSENT,
-    OCTL_REPLAY_SKIPPED,
-    OCTL_REPLAY_FATAL
-} octl_replay_rc_e;
-
-
 typedef struct {
     memcached_st   *memc;
+    optout_pipe_t  *pipe;
     optout_mac_t   *mac;
     const char     *prefix;
     size_t          prefix_len;
-    const char     *journal;
-    uint64_t        line;
-    char            reason[256];
 } octl_replay_t;
+
+
+typedef struct {
+    char            label[OCTL_LABEL_MAX];
+    uint64_t        num;                      /* campaign: sorts by it */
+    uint64_t        optouts;
+    uint64_t        optins;
+} octl_group_t;
+
+
+typedef struct {
+    unsigned        by;                       /* OCTL_BY_* */
+    int             error;
+    double          since;
+    double          until;
+    json_t         *index;                    /* label: groups[i] */
+    octl_group_t   *groups;
+    size_t          n;
+    size_t          cap;
+    uint64_t        optouts;
+    uint64_t        optins;
+} octl_report_t;
+
+
+typedef struct {
+    CURL           *curl;
+    json_t         *chunk;                    /* items of one request */
+    uint64_t       *lines;                    /* their line numbers */
+    size_t          max;
+    const char     *name;
+    unsigned        ndjson;
+    unsigned        bar;                      /* progress bar on stderr */
+    char            ns[OPTOUT_NAMESPACE_MAX + 1];
+    const char     *columns[OCTL_COLUMNS_MAX];
+    size_t          ncolumns;
+    char           *resp;
+    size_t          resp_len;
+    size_t          resp_cap;
+    uint64_t        size;
+    uint64_t        pos;
+    uint64_t        items;
+    uint64_t        added;
+    uint64_t        present;
+    uint64_t        invalid;
+    char            errbuf[CURL_ERROR_SIZE];
+} octl_import_t;
+
+
+typedef void (*octl_fold_pt)(void *data, const optout_merge_line_t *l,
+    optout_fold_item_t *it, unsigned before);
 
 
 static int octl_keygen(int argc, char **argv);
@@ -98,6 +156,9 @@ static int octl_sign(int argc, char **argv);
 static int octl_verify(int argc, char **argv);
 static int octl_get(int argc, char **argv);
 static int octl_replay(int argc, char **argv);
+static int octl_export(int argc, char **argv);
+static int octl_report(int argc, char **argv);
+static int octl_import(int argc, char **argv);
 static int octl_mark(memcached_st *memc, const char *prefix,
     size_t prefix_len);
 static const char *octl_memc_error(memcached_st *memc, memcached_return_t rc);
@@ -119,7 +180,13 @@ static const octl_command_t  octl_commands[] = {
     { "get", octl_get,
       "show the opt-out rules stored in memcached for a destination" },
     { "replay", octl_replay,
-      "seed memcached from the opt-out journal" },
+      "seed memcached from the opt-out journals" },
+    { "export", octl_export,
+      "print the rules the journals leave in force" },
+    { "report", octl_report,
+      "count opt-outs and opt-ins by campaign, source, sender or day" },
+    { "import", octl_import,
+      "send rules (CSV or NDJSON) to the management API" },
     { NULL, NULL, NULL }
 };
 
@@ -189,13 +256,15 @@ static const char  octl_get_usage[] =
 
 static const char  octl_replay_usage[] =
     "usage: optoutctl replay [--store CONF] [--store-secret FILE]\n"
-    "                        [--prefix P] JOURNAL\n"
+    "                        [--prefix P] JOURNAL...\n"
     "\n"
-    "Apply the journal (\"-\" for stdin) to memcached in order: opt-outs\n"
-    "are added (an existing rule is kept), opt-ins deleted.  Unreadable\n"
-    "lines are reported and skipped.  On success every server gets its\n"
-    "marker PREFIX\"marker:N\", which seeds the store for the send-time\n"
-    "check.  Replay is idempotent: rerun it after an error.\n"
+    "Merge the journals (\"-\" for stdin) by time, fold them into the\n"
+    "state each rule ends in, and write that to memcached: a rule that\n"
+    "holds is added (an existing one is kept, unless the journals opted\n"
+    "it in before: then it is replaced), an opted-in rule is deleted.\n"
+    "Unreadable lines are reported and skipped.  On success every server\n"
+    "gets its marker PREFIX\"marker:N\", which seeds the store for the\n"
+    "send-time check.  Replay is idempotent: rerun it after an error.\n"
     "\n"
     "  -S, --store CONF          libmemcached configuration string\n"
     "                            (default: $OPTOUT_STORE)\n"
@@ -205,6 +274,67 @@ static const char  octl_replay_usage[] =
     "  -h, --help                show this help\n"
     "\n"
     "Exit status: 0 done, 1 error, 2 usage error.\n";
+
+static const char  octl_export_usage[] =
+    "usage: optoutctl export [--format ndjson|csv] JOURNAL...\n"
+    "\n"
+    "Merge and fold the journals as replay does and print the rules that\n"
+    "hold at the end, one a line, sorted by namespace, destination and\n"
+    "scope.  The journals are the only source: memcached keys are keyed\n"
+    "hashes and cannot be listed.\n"
+    "\n"
+    "  -f, --format F   ndjson (default) or csv (with a header line)\n"
+    "  -h, --help       show this help\n"
+    "\n"
+    "Exit status: 0 done, 1 error, 2 usage error.\n";
+
+static const char  octl_report_usage[] =
+    "usage: optoutctl report [--since T] [--until T]\n"
+    "                        [--by campaign|source|sender|day]\n"
+    "                        [--format table|csv|json] JOURNAL...\n"
+    "\n"
+    "Count opt-outs and opt-ins per group, net of repeats: an opt-out of\n"
+    "a rule that already holds (a second click) or an opt-in of a rule\n"
+    "already removed is not counted again.  T is YYYY-MM-DD,\n"
+    "YYYY-MM-DDTHH:MM:SSZ (UTC) or unix seconds; lines at or after\n"
+    "--since and before --until are counted.\n"
+    "\n"
+    "  -s, --since T     count from T\n"
+    "  -u, --until T     count up to T, excluded\n"
+    "  -b, --by G        group by campaign (default), source, sender or day\n"
+    "  -f, --format F    table (default), csv or json\n"
+    "  -h, --help        show this help\n"
+    "\n"
+    "Exit status: 0 done, 1 error, 2 usage error.\n";
+
+static const char  octl_import_usage[] =
+    "usage: optoutctl import --url URL [--user USER:PASSWORD]\n"
+    "                        [--cacert FILE] [--cert FILE] [--key FILE]\n"
+    "                        [--chunk N] [FILE]\n"
+    "\n"
+    "Send the rules in FILE (default: stdin) to the optout_api location at\n"
+    "URL, in requests of up to N rules (one namespace a request).  FILE is\n"
+    "NDJSON (the export format) when its first non-blank character is\n"
+    "\"{\", else CSV: destination,sender,campaign,channel, or any columns\n"
+    "named by a header line (the export's CSV works).  Rules without a\n"
+    "source get source \"import\".  Invalid rules are reported with their\n"
+    "line numbers; a refused request stops the import.\n"
+    "\n"
+    "  -u, --url URL         the optout_api location\n"
+    "  -U, --user U:P        basic authentication (default:\n"
+    "                        $OPTOUT_API_USER)\n"
+    "  -C, --cacert FILE     CA certificates to verify the server\n"
+    "  -E, --cert FILE       client certificate (PEM)\n"
+    "  -k, --key FILE        its private key\n"
+    "  -c, --chunk N         rules a request, 1..10000 (default 10000)\n"
+    "  -h, --help            show this help\n"
+    "\n"
+    "Exit status: 0 every rule added or present, 1 a rule invalid or not\n"
+    "imported, or an error, 2 usage error.\n";
+
+static const char  *octl_by_names[] = {
+    "campaign", "source", "sender", "day", NULL
+};
 
 
 static void
@@ -1407,89 +1537,149 @@ done:
 }
 
 
+/* journals merged and folded: replay, export, report */
+
+static void
+octl_skip(void *data, const char *name, uint64_t lineno, const char *reason)
+{
+    octl_error("%s:%" PRIu64 ": skipped: %s", name, lineno, reason);
+}
+
+
+/*
+ * Merges the journals by time and folds them; cb, when set, sees every
+ * usable line with its item and the item's state before the line.
+ */
+
+static optout_fold_t *
+octl_fold(char **names, size_t n, octl_fold_pt cb, void *data,
+    uint64_t *lines, uint64_t *skipped)
+{
+    int                         rc;
+    char                        err[512];
+    unsigned                    before;
+    optout_fold_t              *fold;
+    optout_merge_t             *merge;
+    optout_fold_item_t         *it;
+    const optout_merge_line_t  *l;
+
+    merge = optout_merge_create(names, n, octl_skip, NULL, err, sizeof(err));
+    if (merge == NULL) {
+        octl_error("%s", err);
+        return NULL;
+    }
+
+    fold = optout_fold_create();
+    if (fold == NULL) {
+        octl_error("out of memory");
+        optout_merge_destroy(merge);
+        return NULL;
+    }
+
+    while ((rc = optout_merge_next(merge, &l, err, sizeof(err))) == 1) {
+        it = optout_fold_apply(fold, &l->e, &before);
+
+        if (it == NULL) {
+            octl_error("out of memory");
+            break;
+        }
+
+        if (cb != NULL) {
+            cb(data, l, it, before);
+        }
+    }
+
+    if (rc == -1) {
+        octl_error("%s", err);
+    }
+
+    *lines = optout_merge_lines(merge);
+    *skipped = optout_merge_skipped(merge);
+
+    optout_merge_destroy(merge);
+
+    if (rc != 0) {
+        optout_fold_destroy(fold);
+        return NULL;
+    }
+
+    return fold;
+}
+
+
 /* replay */
 
-static octl_replay_rc_e
-octl_replay_line(octl_replay_t *ctx, const char *line, size_t line_len)
+static int
+octl_replay_item(octl_replay_t *ctx, optout_fold_item_t *it)
 {
-    int                      rc;
-    char                     key[OPTOUT_STORE_KEY_MAX + 1];
-    char                     value[OPTOUT_VALUE_MAX + 1];
-    size_t                   key_len, value_len;
-    memcached_return_t       mrc;
-    optout_journal_entry_t   e;
+    int                  rc;
+    char                 key[OPTOUT_STORE_KEY_MAX + 1];
+    char                 value[OPTOUT_VALUE_MAX + 1];
+    char                 err[512];
+    size_t               key_len, value_len;
+    unsigned             op;
+    optout_dest_t        dest;
 
-    if (optout_journal_parse(line, line_len, &e, ctx->reason,
-                             sizeof(ctx->reason))
-        != OPTOUT_OK)
-    {
-        return OCTL_REPLAY_SKIPPED;
+    rc = optout_normalize_dest(optout_fold_dest(it), it->dest_len, &dest);
+
+    if (rc == OPTOUT_OK) {
+        rc = optout_store_key(ctx->mac, ctx->prefix, ctx->prefix_len,
+                              optout_fold_ns(it), it->ns_len,
+                              it->sender_len ? optout_fold_sender(it) : NULL,
+                              it->sender_len, &dest, key, &key_len);
     }
-
-    rc = optout_journal_key(&e, ctx->mac, ctx->prefix, ctx->prefix_len, key,
-                            &key_len);
 
     if (rc != OPTOUT_OK) {
-        snprintf(ctx->reason, sizeof(ctx->reason),
-                 "cannot compute the store key: %s", optout_strerror(rc));
-        return OCTL_REPLAY_SKIPPED;
+        octl_error("cannot compute the store key: %s", optout_strerror(rc));
+        return -1;
     }
 
-    if (e.optin) {
-        mrc = memcached_delete(ctx->memc, key, key_len, 0);
+    value_len = 0;
 
-        if (mrc == MEMCACHED_SUCCESS) {
-            return OCTL_REPLAY_DELETED;
+    /*
+     * An opted-in rule is deleted.  A rule born again after an opt-in
+     * replaces what the store holds; a rule never removed is added, so an
+     * older one (its first campaign) is kept.
+     */
+
+    if (it->state == OPTOUT_FOLD_IN) {
+        op = OPTOUT_PIPE_DELETE;
+
+    } else {
+        op = it->reborn ? OPTOUT_PIPE_SET : OPTOUT_PIPE_ADD;
+        value_len = optout_rule_format(&it->rule, value);
+
+        if (value_len == 0) {
+            octl_error("cannot format the rule value");
+            return -1;
         }
-
-        if (mrc == MEMCACHED_NOTFOUND) {
-            return OCTL_REPLAY_ABSENT;
-        }
-
-        snprintf(ctx->reason, sizeof(ctx->reason),
-                 "memcached delete failed: %s",
-                 octl_memc_error(ctx->memc, mrc));
-
-        return OCTL_REPLAY_FATAL;
     }
 
-    value_len = optout_rule_format(&e.rule, value);
-
-    if (value_len == 0 || value_len > OPTOUT_VALUE_MAX) {
-        snprintf(ctx->reason, sizeof(ctx->reason),
-                 "cannot format the rule value");
-        return OCTL_REPLAY_SKIPPED;
+    if (optout_pipe_write(ctx->pipe, op, key, key_len, value, value_len, err,
+                          sizeof(err))
+        != 0)
+    {
+        octl_error("memcached write failed: %s; stopped (the journals are "
+                   "intact: run replay again)", err);
+        return -1;
     }
 
-    mrc = memcached_add(ctx->memc, key, key_len, value, value_len, 0, 0);
-
-    if (mrc == MEMCACHED_SUCCESS) {
-        return OCTL_REPLAY_ADDED;
-    }
-
-    if (mrc == MEMCACHED_NOTSTORED || mrc == MEMCACHED_DATA_EXISTS) {
-        return OCTL_REPLAY_PRESENT;
-    }
-
-    snprintf(ctx->reason, sizeof(ctx->reason), "memcached add failed: %s",
-             octl_memc_error(ctx->memc, mrc));
-
-    return OCTL_REPLAY_FATAL;
+    return 0;
 }
 
 
 static int
 octl_replay(int argc, char **argv)
 {
-    int                  c, rc;
-    FILE                *fp;
-    char                *line;
-    size_t               cap, len;
-    ssize_t              n;
-    uint64_t             total, counts[OCTL_REPLAY_FATAL];
-    const char          *conf, *secret, *prefix;
-    octl_replay_t        ctx;
-    octl_replay_rc_e     ret;
+    int                          c, rc;
+    char                         err[512];
+    size_t                       i, n;
+    uint64_t                     lines, skipped;
+    const char                  *conf, *secret, *prefix;
+    optout_fold_t               *fold;
+    octl_replay_t                ctx;
+    optout_fold_item_t         **items;
+    const optout_pipe_counts_t  *counts;
 
     static const struct option  longopts[] = {
         { "store", required_argument, NULL, 'S' },
@@ -1523,9 +1713,8 @@ octl_replay(int argc, char **argv)
         }
     }
 
-    if (argc - optind != 1) {
-        return octl_usage_error("replay", argc == optind
-                                ? "missing JOURNAL" : "too many arguments");
+    if (argc == optind) {
+        return octl_usage_error("replay", "missing JOURNAL");
     }
 
     rc = octl_store_args("replay", &conf, &secret, prefix);
@@ -1534,29 +1723,27 @@ octl_replay(int argc, char **argv)
     }
 
     memset(&ctx, 0, sizeof(ctx));
-    memset(counts, 0, sizeof(counts));
 
-    ctx.journal = argv[optind];
     ctx.prefix = prefix;
     ctx.prefix_len = strlen(prefix);
 
-    if (strcmp(ctx.journal, "-") == 0) {
-        fp = stdin;
-
-    } else {
-        fp = fopen(ctx.journal, "re");
-
-        if (fp == NULL) {
-            octl_error("%s: %s", ctx.journal, strerror(errno));
-            return OCTL_EXIT_ERROR;
-        }
-    }
-
-    line = NULL;
-    rc = OCTL_EXIT_ERROR;
-
     ctx.mac = octl_load_mac(secret);
     if (ctx.mac == NULL) {
+        return OCTL_EXIT_ERROR;
+    }
+
+    rc = OCTL_EXIT_ERROR;
+    items = NULL;
+
+    fold = octl_fold(argv + optind, argc - optind, NULL, NULL, &lines,
+                     &skipped);
+    if (fold == NULL) {
+        goto done;
+    }
+
+    items = optout_fold_sorted(fold, &n);
+    if (items == NULL) {
+        octl_error("out of memory");
         goto done;
     }
 
@@ -1565,43 +1752,22 @@ octl_replay(int argc, char **argv)
         goto done;
     }
 
-    cap = 0;
-    total = 0;
-
-    while ((n = getline(&line, &cap, fp)) != -1) {
-        ctx.line++;
-        len = (size_t) n;
-
-        if (len > 0 && line[len - 1] == '\n') {
-            len--;
-        }
-
-        if (len > 0 && line[len - 1] == '\r') {
-            len--;
-        }
-
-        total++;
-        ctx.reason[0] = '\0';
-
-        ret = octl_replay_line(&ctx, line, len);
-
-        if (ret == OCTL_REPLAY_FATAL) {
-            octl_error("%s:%" PRIu64 ": %s; stopped (the journal is "
-                       "intact: run replay again)", ctx.journal, ctx.line,
-                       ctx.reason);
-            goto done;
-        }
-
-        if (ret == OCTL_REPLAY_SKIPPED) {
-            octl_error("%s:%" PRIu64 ": skipped: %s", ctx.journal, ctx.line,
-                       ctx.reason);
-        }
-
-        counts[ret]++;
+    ctx.pipe = optout_pipe_create(ctx.memc, OCTL_MC_TIMEOUT, err,
+                                  sizeof(err));
+    if (ctx.pipe == NULL) {
+        octl_error("%s", err);
+        goto done;
     }
 
-    if (ferror(fp)) {
-        octl_error("%s: %s", ctx.journal, strerror(errno));
+    for (i = 0; i < n; i++) {
+        if (octl_replay_item(&ctx, items[i]) != 0) {
+            goto done;
+        }
+    }
+
+    if (optout_pipe_flush(ctx.pipe, err, sizeof(err)) != 0) {
+        octl_error("memcached write failed: %s; stopped (the journals are "
+                   "intact: run replay again)", err);
         goto done;
     }
 
@@ -1609,10 +1775,12 @@ octl_replay(int argc, char **argv)
         goto done;
     }
 
+    counts = optout_pipe_counts(ctx.pipe);
+
     printf("replayed %" PRIu64 " records: %" PRIu64 " added, %" PRIu64
            " already present, %" PRIu64 " deleted, %" PRIu64 " skipped\n",
-           total, counts[OCTL_REPLAY_ADDED], counts[OCTL_REPLAY_PRESENT],
-           counts[OCTL_REPLAY_DELETED], counts[OCTL_REPLAY_SKIPPED]);
+           lines, counts->stored, counts->not_stored,
+           counts->deleted + counts->not_found, skipped);
 
     if (fflush(stdout) == EOF || ferror(stdout)) {
         octl_error("writing stdout: %s", strerror(errno));
@@ -1623,15 +1791,1422 @@ octl_replay(int argc, char **argv)
 
 done:
 
-    free(line);
+    free(items);
+    optout_fold_destroy(fold);
+    optout_pipe_destroy(ctx.pipe);
 
     if (ctx.memc != NULL) {
         memcached_free(ctx.memc);
     }
 
-    if (ctx.mac != NULL) {
-        optout_mac_destroy(ctx.mac);
+    optout_mac_destroy(ctx.mac);
+
+    return rc;
+}
+
+
+/* export */
+
+static void
+octl_put_json(FILE *out, const char *s, size_t n)
+{
+    size_t         i;
+    unsigned char  c;
+
+    for (i = 0; i < n; i++) {
+        c = (unsigned char) s[i];
+
+        if (c == '"' || c == '\\') {
+            putc_unlocked('\\', out);
+            putc_unlocked(c, out);
+
+        } else if (c < 0x20 || c >= 0x7f) {
+            fprintf(out, "\\u%04x", c);
+
+        } else {
+            putc_unlocked(c, out);
+        }
     }
+}
+
+
+static void
+octl_put_csv(FILE *out, const char *s, size_t n)
+{
+    size_t  i;
+
+    /* s is NUL-ended: the parts of an item's key are */
+
+    if (strpbrk(s, ",\"\r\n") == NULL) {
+        fwrite_unlocked(s, 1, n, out);
+        return;
+    }
+
+    putc_unlocked('"', out);
+
+    for (i = 0; i < n; i++) {
+        if (s[i] == '"') {
+            putc_unlocked('"', out);
+        }
+
+        putc_unlocked(s[i], out);
+    }
+
+    putc_unlocked('"', out);
+}
+
+
+static void
+octl_since(int64_t t, char *buf, size_t size)
+{
+    time_t     tt;
+    struct tm  tm;
+
+    tt = (time_t) t;
+
+    if ((int64_t) tt != t || gmtime_r(&tt, &tm) == NULL
+        || strftime(buf, size, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+    {
+        snprintf(buf, size, "%" PRId64, t);
+    }
+}
+
+
+static void
+octl_export_item(FILE *out, unsigned csv, const optout_fold_item_t *it)
+{
+    char  since[32];
+
+    octl_since(it->rule.time, since, sizeof(since));
+
+    if (csv) {
+        octl_put_csv(out, optout_fold_dest(it), it->dest_len);
+        fprintf(out, ",%s,", it->sender_len ? "sender" : "account");
+        octl_put_csv(out, optout_fold_sender(it), it->sender_len);
+        putc_unlocked(',', out);
+        octl_put_csv(out, optout_fold_ns(it), it->ns_len);
+        fprintf(out, ",%" PRIu64 ",%s,%s,%s\n", it->rule.campaign, since,
+                optout_source_name(it->rule.source),
+                optout_channel_name(it->rule.channel));
+        return;
+    }
+
+    fputs("{\"destination\":\"", out);
+    octl_put_json(out, optout_fold_dest(it), it->dest_len);
+
+    if (it->sender_len) {
+        fputs("\",\"scope\":\"sender\",\"sender\":\"", out);
+        octl_put_json(out, optout_fold_sender(it), it->sender_len);
+
+    } else {
+        fputs("\",\"scope\":\"account", out);
+    }
+
+    fputs("\",\"namespace\":\"", out);
+    octl_put_json(out, optout_fold_ns(it), it->ns_len);
+
+    fprintf(out, "\",\"campaign\":\"%" PRIu64 "\",\"since\":\"%s\","
+            "\"source\":\"%s\",\"channel\":\"%s\"}\n", it->rule.campaign,
+            since, optout_source_name(it->rule.source),
+            optout_channel_name(it->rule.channel));
+}
+
+
+static int
+octl_export(int argc, char **argv)
+{
+    int                   c, rc;
+    size_t                i, n;
+    uint64_t              lines, skipped;
+    unsigned              csv;
+    optout_fold_t        *fold;
+    optout_fold_item_t  **items;
+
+    static const struct option  longopts[] = {
+        { "format", required_argument, NULL, 'f' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 }
+    };
+
+    csv = 0;
+
+    while ((c = octl_getopt(argc, argv, "export", ":f:h", longopts)) != -1) {
+        switch (c) {
+        case 'f':
+            if (strcmp(optarg, "csv") == 0) {
+                csv = 1;
+
+            } else if (strcmp(optarg, "ndjson") == 0) {
+                csv = 0;
+
+            } else {
+                return octl_usage_error("export", "invalid --format \"%s\" "
+                                        "(csv or ndjson)", optarg);
+            }
+            break;
+        case 'h':
+            return octl_help(octl_export_usage);
+        default:
+            return OCTL_EXIT_USAGE;
+        }
+    }
+
+    if (argc == optind) {
+        return octl_usage_error("export", "missing JOURNAL");
+    }
+
+    fold = octl_fold(argv + optind, argc - optind, NULL, NULL, &lines,
+                     &skipped);
+    if (fold == NULL) {
+        return OCTL_EXIT_ERROR;
+    }
+
+    items = optout_fold_sorted(fold, &n);
+    if (items == NULL) {
+        octl_error("out of memory");
+        optout_fold_destroy(fold);
+        return OCTL_EXIT_ERROR;
+    }
+
+    (void) setvbuf(stdout, octl_stdout_buf, _IOFBF, sizeof(octl_stdout_buf));
+
+    if (csv) {
+        fputs("destination,scope,sender,namespace,campaign,since,source,"
+              "channel\n", stdout);
+    }
+
+    for (i = 0; i < n; i++) {
+        if (items[i]->state == OPTOUT_FOLD_OUT) {
+            octl_export_item(stdout, csv, items[i]);
+        }
+    }
+
+    free(items);
+    optout_fold_destroy(fold);
+
+    rc = OCTL_EXIT_OK;
+
+    if (fflush(stdout) == EOF || ferror(stdout)) {
+        octl_error("writing stdout: %s", strerror(errno));
+        rc = OCTL_EXIT_ERROR;
+    }
+
+    return rc;
+}
+
+
+/* report */
+
+static int
+octl_parse_time(const char *s, double *out)
+{
+    int        n, y, mo, d, h, mi, sec;
+    time_t     t;
+    uint64_t   v;
+    struct tm  tm;
+
+    if (octl_parse_u64(s, strlen(s), &v) == 0) {
+        if (v > (uint64_t) INT64_MAX / 2) {
+            return -1;
+        }
+
+        *out = (double) v;
+        return 0;
+    }
+
+    h = 0;
+    mi = 0;
+    sec = 0;
+    n = -1;
+
+    if (sscanf(s, "%4d-%2d-%2d%n", &y, &mo, &d, &n) != 3 || n != 10) {
+        return -1;
+    }
+
+    if (s[n] == 'T') {
+        s += n + 1;
+        n = -1;
+
+        if (sscanf(s, "%2d:%2d:%2d%n", &h, &mi, &sec, &n) != 3 || n != 8) {
+            return -1;
+        }
+
+        if (s[n] == 'Z') {
+            n++;
+        }
+    }
+
+    if (s[n] != '\0') {
+        return -1;
+    }
+
+    memset(&tm, 0, sizeof(tm));
+    tm.tm_year = y - 1900;
+    tm.tm_mon = mo - 1;
+    tm.tm_mday = d;
+    tm.tm_hour = h;
+    tm.tm_min = mi;
+    tm.tm_sec = sec;
+
+    t = timegm(&tm);
+
+    /* timegm() normalizes: 2026-02-30 would pass otherwise */
+
+    if (t == (time_t) -1 || tm.tm_year != y - 1900 || tm.tm_mon != mo - 1
+        || tm.tm_mday != d || tm.tm_hour != h || tm.tm_min != mi
+        || tm.tm_sec != sec)
+    {
+        return -1;
+    }
+
+    *out = (double) t;
+
+    return 0;
+}
+
+
+static octl_group_t *
+octl_report_group(octl_report_t *ctx, const char *label, uint64_t num)
+{
+    json_t        *v;
+    octl_group_t  *g;
+
+    v = json_object_get(ctx->index, label);
+
+    if (v != NULL) {
+        return &ctx->groups[json_integer_value(v)];
+    }
+
+    if (ctx->n == ctx->cap) {
+        ctx->cap = ctx->cap ? ctx->cap * 2 : 64;
+        g = realloc(ctx->groups, ctx->cap * sizeof(octl_group_t));
+
+        if (g == NULL) {
+            return NULL;
+        }
+
+        ctx->groups = g;
+    }
+
+    if (json_object_set_new(ctx->index, label,
+                            json_integer((json_int_t) ctx->n))
+        != 0)
+    {
+        return NULL;
+    }
+
+    g = &ctx->groups[ctx->n++];
+
+    memset(g, 0, sizeof(octl_group_t));
+    snprintf(g->label, sizeof(g->label), "%s", label);
+    g->num = num;
+
+    return g;
+}
+
+
+/*
+ * A line counts when it changes what the journals know of its rule: a
+ * second opt-out of a rule that holds (a second click) or a second opt-in
+ * is a repeat.  An opt-in is grouped by the campaign of the rule it
+ * removed when the journals hold that rule.
+ */
+
+static void
+octl_report_line(void *data, const optout_merge_line_t *l,
+    optout_fold_item_t *it, unsigned before)
+{
+    char                           label[OCTL_LABEL_MAX];
+    time_t                         t;
+    uint64_t                       campaign;
+    struct tm                      tm;
+    octl_group_t                  *g;
+    octl_report_t                 *ctx;
+    const optout_journal_entry_t  *e;
+
+    ctx = data;
+    e = &l->e;
+
+    if (e->time < ctx->since || e->time >= ctx->until
+        || before == (e->optin ? OPTOUT_FOLD_IN : OPTOUT_FOLD_OUT))
+    {
+        return;
+    }
+
+    campaign = 0;
+
+    switch (ctx->by) {
+
+    case OCTL_BY_CAMPAIGN:
+        campaign = (e->optin && before == OPTOUT_FOLD_OUT)
+                   ? it->rule.campaign : e->rule.campaign;
+        snprintf(label, sizeof(label), "%" PRIu64, campaign);
+        break;
+
+    case OCTL_BY_SOURCE:
+        snprintf(label, sizeof(label), "%s",
+                 optout_source_name(e->rule.source));
+        break;
+
+    case OCTL_BY_SENDER:
+        snprintf(label, sizeof(label), "%.*s", (int) e->sender_len,
+                 e->sender);
+        break;
+
+    default: /* OCTL_BY_DAY */
+        t = (time_t) e->time;
+
+        if (gmtime_r(&t, &tm) == NULL
+            || strftime(label, sizeof(label), "%Y-%m-%d", &tm) == 0)
+        {
+            snprintf(label, sizeof(label), "%" PRId64, (int64_t) t);
+        }
+
+        break;
+    }
+
+    g = octl_report_group(ctx, label, campaign);
+
+    if (g == NULL) {
+        ctx->error = 1;
+        return;
+    }
+
+    if (e->optin) {
+        g->optins++;
+        ctx->optins++;
+
+    } else {
+        g->optouts++;
+        ctx->optouts++;
+    }
+}
+
+
+static int
+octl_group_cmp(const void *a, const void *b)
+{
+    const octl_group_t  *x, *y;
+
+    x = a;
+    y = b;
+
+    if (x->num != y->num) {
+        return (x->num < y->num) ? -1 : 1;
+    }
+
+    return strcmp(x->label, y->label);
+}
+
+
+static void
+octl_report_table(octl_report_t *ctx)
+{
+    int          w, nw, len;
+    char         num[32];
+    size_t       i;
+    const char  *label;
+
+    w = (int) strlen("total");
+
+    if ((int) strlen(octl_by_names[ctx->by]) > w) {
+        w = (int) strlen(octl_by_names[ctx->by]);
+    }
+
+    for (i = 0; i < ctx->n; i++) {
+        len = ctx->groups[i].label[0] ? (int) strlen(ctx->groups[i].label)
+                                      : (int) strlen(OCTL_ACCOUNT_LABEL);
+        if (len > w) {
+            w = len;
+        }
+    }
+
+    nw = snprintf(num, sizeof(num), "%" PRIu64,
+                  ctx->optouts > ctx->optins ? ctx->optouts : ctx->optins);
+
+    if (nw < (int) strlen("opt-outs")) {
+        nw = (int) strlen("opt-outs");
+    }
+
+    printf("%-*s  %*s  %*s\n", w, octl_by_names[ctx->by], nw, "opt-outs",
+           nw, "opt-ins");
+
+    for (i = 0; i < ctx->n; i++) {
+        label = ctx->groups[i].label[0] ? ctx->groups[i].label
+                                        : OCTL_ACCOUNT_LABEL;
+
+        printf("%-*s  %*" PRIu64 "  %*" PRIu64 "\n", w, label, nw,
+               ctx->groups[i].optouts, nw, ctx->groups[i].optins);
+    }
+
+    printf("%-*s  %*" PRIu64 "  %*" PRIu64 "\n", w, "total", nw,
+           ctx->optouts, nw, ctx->optins);
+}
+
+
+static void
+octl_report_json(octl_report_t *ctx, const char *since, const char *until)
+{
+    char         buf[32];
+    size_t       i;
+    const char  *by;
+
+    by = octl_by_names[ctx->by];
+
+    printf("{\"by\":\"%s\",\"since\":", by);
+
+    if (since != NULL) {
+        octl_since((int64_t) ctx->since, buf, sizeof(buf));
+        printf("\"%s\"", buf);
+
+    } else {
+        fputs("null", stdout);
+    }
+
+    fputs(",\"until\":", stdout);
+
+    if (until != NULL) {
+        octl_since((int64_t) ctx->until, buf, sizeof(buf));
+        printf("\"%s\"", buf);
+
+    } else {
+        fputs("null", stdout);
+    }
+
+    fputs(",\"groups\":[", stdout);
+
+    for (i = 0; i < ctx->n; i++) {
+        printf("%s{\"%s\":\"", i ? "," : "", by);
+        octl_put_json(stdout, ctx->groups[i].label,
+                      strlen(ctx->groups[i].label));
+        printf("\",\"optouts\":%" PRIu64 ",\"optins\":%" PRIu64 "}",
+               ctx->groups[i].optouts, ctx->groups[i].optins);
+    }
+
+    printf("],\"total\":{\"optouts\":%" PRIu64 ",\"optins\":%" PRIu64
+           "}}\n", ctx->optouts, ctx->optins);
+}
+
+
+static int
+octl_report(int argc, char **argv)
+{
+    int              c, rc;
+    size_t           i;
+    uint64_t         lines, skipped;
+    unsigned         format;
+    const char      *since, *until;
+    optout_fold_t   *fold;
+    octl_report_t    ctx;
+
+    static const char  *formats[] = { "table", "csv", "json", NULL };
+    static const struct option  longopts[] = {
+        { "since", required_argument, NULL, 's' },
+        { "until", required_argument, NULL, 'u' },
+        { "by", required_argument, NULL, 'b' },
+        { "format", required_argument, NULL, 'f' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 }
+    };
+
+    memset(&ctx, 0, sizeof(ctx));
+    ctx.since = -1;
+    ctx.until = INFINITY;
+    format = 0;
+    since = NULL;
+    until = NULL;
+
+    while ((c = octl_getopt(argc, argv, "report", ":s:u:b:f:h", longopts))
+           != -1)
+    {
+        switch (c) {
+        case 's':
+        case 'u':
+            if (octl_parse_time(optarg, c == 's' ? &ctx.since : &ctx.until)
+                != 0)
+            {
+                return octl_usage_error("report", "invalid --%s \"%s\" "
+                                        "(YYYY-MM-DD, YYYY-MM-DDTHH:MM:SSZ "
+                                        "or unix seconds)",
+                                        c == 's' ? "since" : "until",
+                                        optarg);
+            }
+
+            if (c == 's') {
+                since = optarg;
+
+            } else {
+                until = optarg;
+            }
+
+            break;
+        case 'b':
+            for (i = 0; octl_by_names[i] != NULL; i++) {
+                if (strcmp(optarg, octl_by_names[i]) == 0) {
+                    break;
+                }
+            }
+
+            if (octl_by_names[i] == NULL) {
+                return octl_usage_error("report", "invalid --by \"%s\" "
+                                        "(campaign, source, sender or day)",
+                                        optarg);
+            }
+
+            ctx.by = (unsigned) i;
+            break;
+        case 'f':
+            for (i = 0; formats[i] != NULL; i++) {
+                if (strcmp(optarg, formats[i]) == 0) {
+                    break;
+                }
+            }
+
+            if (formats[i] == NULL) {
+                return octl_usage_error("report", "invalid --format \"%s\" "
+                                        "(table, csv or json)", optarg);
+            }
+
+            format = (unsigned) i;
+            break;
+        case 'h':
+            return octl_help(octl_report_usage);
+        default:
+            return OCTL_EXIT_USAGE;
+        }
+    }
+
+    if (argc == optind) {
+        return octl_usage_error("report", "missing JOURNAL");
+    }
+
+    ctx.index = json_object();
+    if (ctx.index == NULL) {
+        octl_error("out of memory");
+        return OCTL_EXIT_ERROR;
+    }
+
+    rc = OCTL_EXIT_ERROR;
+
+    fold = octl_fold(argv + optind, argc - optind, octl_report_line, &ctx,
+                     &lines, &skipped);
+    if (fold == NULL) {
+        goto done;
+    }
+
+    if (ctx.error) {
+        octl_error("out of memory");
+        goto done;
+    }
+
+    if (ctx.n > 1) {
+        qsort(ctx.groups, ctx.n, sizeof(octl_group_t), octl_group_cmp);
+    }
+
+    if (format == 0) {
+        octl_report_table(&ctx);
+
+    } else if (format == 1) {
+        printf("%s,optouts,optins\n", octl_by_names[ctx.by]);
+
+        for (i = 0; i < ctx.n; i++) {
+            octl_put_csv(stdout, ctx.groups[i].label,
+                         strlen(ctx.groups[i].label));
+            printf(",%" PRIu64 ",%" PRIu64 "\n", ctx.groups[i].optouts,
+                   ctx.groups[i].optins);
+        }
+
+    } else {
+        octl_report_json(&ctx, since, until);
+    }
+
+    rc = OCTL_EXIT_OK;
+
+    if (fflush(stdout) == EOF || ferror(stdout)) {
+        octl_error("writing stdout: %s", strerror(errno));
+        rc = OCTL_EXIT_ERROR;
+    }
+
+done:
+
+    optout_fold_destroy(fold);
+    json_decref(ctx.index);
+    free(ctx.groups);
+
+    return rc;
+}
+
+
+/* import */
+
+static size_t
+octl_curl_write(char *ptr, size_t size, size_t nmemb, void *data)
+{
+    char           *p;
+    size_t          n, cap;
+    octl_import_t  *ctx;
+
+    ctx = data;
+    n = size * nmemb;
+
+    if (ctx->resp_len + n + 1 > ctx->resp_cap) {
+        cap = (ctx->resp_len + n + 1) * 2;
+        p = realloc(ctx->resp, cap);
+
+        if (p == NULL) {
+            return 0;
+        }
+
+        ctx->resp = p;
+        ctx->resp_cap = cap;
+    }
+
+    memcpy(ctx->resp + ctx->resp_len, ptr, n);
+    ctx->resp_len += n;
+    ctx->resp[ctx->resp_len] = '\0';
+
+    return n;
+}
+
+
+static void
+octl_import_msg(octl_import_t *ctx, const char *fmt, ...)
+{
+    va_list  args;
+
+    fflush(stdout);
+
+    if (ctx->bar) {
+        fputs("\r\033[K", stderr);
+    }
+
+    fputs("optoutctl: ", stderr);
+
+    va_start(args, fmt);
+    vfprintf(stderr, fmt, args);
+    va_end(args);
+
+    fputc('\n', stderr);
+}
+
+
+static void
+octl_import_bar(octl_import_t *ctx)
+{
+    int       i, w;
+    double    f;
+    uint64_t  done;
+
+    if (!ctx->bar) {
+        return;
+    }
+
+    done = ctx->added + ctx->present + ctx->invalid;
+
+    if (ctx->size > 0) {
+        f = (double) ctx->pos / (double) ctx->size;
+        f = f > 1 ? 1 : f;
+        w = (int) (f * 30);
+
+        fputs("\rimport [", stderr);
+
+        for (i = 0; i < 30; i++) {
+            fputc(i < w ? '#' : '.', stderr);
+        }
+
+        fprintf(stderr, "] %3d%% %" PRIu64 " rules", (int) (f * 100),
+                done);
+
+    } else {
+        fprintf(stderr, "\rimport: %" PRIu64 " rules", done);
+    }
+
+    fflush(stderr);
+}
+
+
+static void
+octl_import_invalid(octl_import_t *ctx, uint64_t lineno, const char *reason)
+{
+    ctx->invalid++;
+    octl_import_msg(ctx, "%s:%" PRIu64 ": invalid: %s", ctx->name, lineno,
+                    reason);
+}
+
+
+/* the answer to one chunk; -1: refused */
+
+static int
+octl_import_answer(octl_import_t *ctx, long status)
+{
+    json_t        *root, *results, *r, *v;
+    size_t         i, n;
+    uint64_t       added, present, invalid;
+    const char    *s, *detail;
+    json_error_t   jerr;
+
+    n = json_array_size(ctx->chunk);
+
+    /*
+     * Every item added or present needs no more than the counts that open
+     * the answer; the 10,000 results are read only when one is invalid.
+     */
+
+    if (status == 200 && ctx->resp != NULL
+        && sscanf(ctx->resp, "{\"added\":%" SCNu64 ",\"present\":%" SCNu64
+                  ",\"invalid\":%" SCNu64 ",", &added, &present, &invalid)
+           == 3
+        && invalid == 0 && added + present == n)
+    {
+        ctx->added += added;
+        ctx->present += present;
+        return 0;
+    }
+
+    root = json_loadb(ctx->resp ? ctx->resp : "", ctx->resp_len, 0, &jerr);
+
+    if (status != 200) {
+        detail = NULL;
+        v = json_array_get(json_object_get(root, "errors"), 0);
+
+        if (v != NULL) {
+            detail = json_string_value(json_object_get(v, "detail"));
+            if (detail == NULL) {
+                detail = json_string_value(json_object_get(v, "title"));
+            }
+        }
+
+        octl_import_msg(ctx, "%s:%" PRIu64 "-%" PRIu64 ": refused: HTTP "
+                        "%ld%s%s%s", ctx->name, ctx->lines[0],
+                        ctx->lines[n - 1], status, detail ? ": " : "",
+                        detail ? detail : "",
+                        status == 413 ? " (raise client_max_body_size in "
+                        "the API location, or use a smaller --chunk)" : "");
+        json_decref(root);
+        return -1;
+    }
+
+    results = json_object_get(root, "results");
+
+    if (!json_is_array(results) || json_array_size(results) != n) {
+        octl_import_msg(ctx, "%s:%" PRIu64 "-%" PRIu64 ": refused: the "
+                        "answer is not the API's", ctx->name, ctx->lines[0],
+                        ctx->lines[n - 1]);
+        json_decref(root);
+        return -1;
+    }
+
+    json_array_foreach(results, i, r) {
+        s = json_string_value(json_object_get(r, "status"));
+
+        if (s != NULL && strcmp(s, "added") == 0) {
+            ctx->added++;
+
+        } else if (s != NULL && strcmp(s, "present") == 0) {
+            ctx->present++;
+
+        } else {
+            s = json_string_value(json_object_get(r, "reason"));
+            octl_import_invalid(ctx, ctx->lines[i], s ? s : "refused");
+        }
+    }
+
+    json_decref(root);
+
+    return 0;
+}
+
+
+static int
+octl_import_send(octl_import_t *ctx)
+{
+    int                 rc;
+    char               *body, hdr[sizeof("X-Optout-Namespace: ")
+                                  + OPTOUT_NAMESPACE_MAX];
+    long                status;
+    size_t              n;
+    CURLcode            crc;
+    struct curl_slist  *headers, *h;
+
+    n = json_array_size(ctx->chunk);
+
+    if (n == 0) {
+        return 0;
+    }
+
+    body = json_dumps(ctx->chunk, JSON_COMPACT);
+    if (body == NULL) {
+        octl_import_msg(ctx, "out of memory");
+        return -1;
+    }
+
+    headers = curl_slist_append(NULL, "Content-Type: application/json");
+    h = headers ? curl_slist_append(headers, "Expect:") : NULL;
+
+    if (h != NULL && ctx->ns[0] != '\0') {
+        snprintf(hdr, sizeof(hdr), "X-Optout-Namespace: %s", ctx->ns);
+        h = curl_slist_append(headers, hdr);
+    }
+
+    if (h == NULL) {
+        octl_import_msg(ctx, "out of memory");
+        curl_slist_free_all(headers);
+        free(body);
+        return -1;
+    }
+
+    ctx->resp_len = 0;
+
+    curl_easy_setopt(ctx->curl, CURLOPT_HTTPHEADER, headers);
+    curl_easy_setopt(ctx->curl, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(ctx->curl, CURLOPT_POSTFIELDSIZE_LARGE,
+                     (curl_off_t) strlen(body));
+
+    crc = curl_easy_perform(ctx->curl);
+
+    curl_slist_free_all(headers);
+    free(body);
+
+    if (crc != CURLE_OK) {
+        octl_import_msg(ctx, "%s:%" PRIu64 "-%" PRIu64 ": not sent: %s",
+                        ctx->name, ctx->lines[0], ctx->lines[n - 1],
+                        ctx->errbuf[0] ? ctx->errbuf
+                                       : curl_easy_strerror(crc));
+        return -1;
+    }
+
+    status = 0;
+    (void) curl_easy_getinfo(ctx->curl, CURLINFO_RESPONSE_CODE, &status);
+
+    rc = octl_import_answer(ctx, status);
+
+    if (rc == 0) {
+        json_array_clear(ctx->chunk);
+    }
+
+    octl_import_bar(ctx);
+
+    return rc;
+}
+
+
+/* one CSV field: unquoted, or quoted with "" for a quote */
+
+static const char *
+octl_csv_field(const char *p, const char *end, char *out, size_t size,
+    const char **next)
+{
+    size_t  n;
+
+    n = 0;
+
+    if (p < end && *p == '"') {
+        for (p++; ; p++) {
+            if (p == end) {
+                return "unterminated quote";
+            }
+
+            if (*p == '"') {
+                if (p + 1 < end && p[1] == '"') {
+                    p++;
+
+                } else {
+                    p++;
+                    break;
+                }
+            }
+
+            if (n + 1 >= size) {
+                return "field too long";
+            }
+
+            out[n++] = *p;
+        }
+
+        if (p < end && *p != ',') {
+            return "text after a quoted field";
+        }
+
+    } else {
+        for ( /* void */ ; p < end && *p != ','; p++) {
+            if (*p == '"') {
+                return "quote inside a field";
+            }
+
+            if (n + 1 >= size) {
+                return "field too long";
+            }
+
+            out[n++] = *p;
+        }
+    }
+
+    out[n] = '\0';
+    *next = (p < end) ? p + 1 : NULL;
+
+    return NULL;
+}
+
+
+/* a CSV line into an API item: columns[] gives each field's name */
+
+static const char *
+octl_csv_item(octl_import_t *ctx, const char *line, size_t len,
+    json_t *item, char *ns)
+{
+    char          field[OCTL_FIELD_MAX];
+    size_t        i;
+    const char   *p, *end, *err, *name;
+
+    p = line;
+    end = line + len;
+    ns[0] = '\0';
+
+    for (i = 0; p != NULL; i++) {
+        err = octl_csv_field(p, end, field, sizeof(field), &p);
+        if (err != NULL) {
+            return err;
+        }
+
+        if (i == ctx->ncolumns) {
+            return "too many fields";
+        }
+
+        name = ctx->columns[i];
+
+        if (name == NULL || field[0] == '\0') {
+            continue;
+        }
+
+        if (strcmp(name, "namespace") == 0) {
+            if (optout_check_namespace(field, strlen(field)) != OPTOUT_OK) {
+                return "namespace";
+            }
+
+            strcpy(ns, field);
+            continue;
+        }
+
+        if (json_object_set_new(item, name, json_string(field)) != 0) {
+            return "not UTF-8";
+        }
+    }
+
+    return NULL;
+}
+
+
+static const char *
+octl_ndjson_item(const char *line, size_t len, json_t *item, char *ns)
+{
+    size_t        i;
+    json_t       *root, *v;
+    const char   *s;
+    json_error_t  jerr;
+
+    static const char  *fields[] = {
+        "destination", "sender", "campaign", "channel", "source", "since",
+        NULL
+    };
+
+    ns[0] = '\0';
+
+    root = json_loadb(line, len, 0, &jerr);
+    if (root == NULL) {
+        return "not valid JSON";
+    }
+
+    if (!json_is_object(root)) {
+        json_decref(root);
+        return "not an object";
+    }
+
+    s = json_string_value(json_object_get(root, "namespace"));
+
+    if (s != NULL && s[0] != '\0') {
+        if (optout_check_namespace(s, strlen(s)) != OPTOUT_OK) {
+            json_decref(root);
+            return "namespace";
+        }
+
+        strcpy(ns, s);
+    }
+
+    for (i = 0; fields[i] != NULL; i++) {
+        v = json_object_get(root, fields[i]);
+
+        if (v == NULL || (json_is_string(v) && json_string_length(v) == 0))
+        {
+            continue;
+        }
+
+        if (json_object_set(item, fields[i], v) != 0) {
+            json_decref(root);
+            return "out of memory";
+        }
+    }
+
+    json_decref(root);
+
+    return NULL;
+}
+
+
+/* a first CSV line that names its columns */
+
+static int
+octl_csv_header(octl_import_t *ctx, const char *line, size_t len)
+{
+    char         field[OCTL_FIELD_MAX];
+    size_t       i, k;
+    const char  *p, *end;
+
+    static const char  *names[] = {
+        "destination", "sender", "campaign", "channel", "source", "since",
+        "namespace", NULL
+    };
+
+    p = line;
+    end = line + len;
+
+    if (octl_csv_field(p, end, field, sizeof(field), &p) != NULL
+        || strcasecmp(field, "destination") != 0)
+    {
+        return 0;
+    }
+
+    ctx->ncolumns = 0;
+    p = line;
+
+    for (i = 0; p != NULL && i < OCTL_COLUMNS_MAX; i++) {
+        if (octl_csv_field(p, end, field, sizeof(field), &p) != NULL) {
+            return 0;
+        }
+
+        ctx->columns[i] = NULL;
+
+        for (k = 0; names[k] != NULL; k++) {
+            if (strcasecmp(field, names[k]) == 0) {
+                ctx->columns[i] = names[k];
+            }
+        }
+
+        ctx->ncolumns++;
+    }
+
+    return 1;
+}
+
+
+static int
+octl_import_line(octl_import_t *ctx, const char *line, size_t len,
+    uint64_t lineno)
+{
+    char         ns[OPTOUT_NAMESPACE_MAX + 1];
+    json_t      *item;
+    const char  *err;
+
+    item = json_object();
+    if (item == NULL) {
+        octl_import_msg(ctx, "out of memory");
+        return -1;
+    }
+
+    err = ctx->ndjson ? octl_ndjson_item(line, len, item, ns)
+                      : octl_csv_item(ctx, line, len, item, ns);
+
+    if (err == NULL && json_object_get(item, "destination") == NULL) {
+        err = "destination";
+    }
+
+    ctx->items++;
+
+    if (err != NULL) {
+        json_decref(item);
+        octl_import_invalid(ctx, lineno, err);
+        return 0;
+    }
+
+    if (json_object_get(item, "source") == NULL
+        && json_object_set_new(item, "source", json_string("import")) != 0)
+    {
+        json_decref(item);
+        octl_import_msg(ctx, "out of memory");
+        return -1;
+    }
+
+    /* one namespace a chunk: it travels in a header */
+
+    if (strcmp(ns, ctx->ns) != 0 || json_array_size(ctx->chunk) == ctx->max)
+    {
+        if (octl_import_send(ctx) != 0) {
+            json_decref(item);
+            return -1;
+        }
+
+        strcpy(ctx->ns, ns);
+    }
+
+    ctx->lines[json_array_size(ctx->chunk)] = lineno;
+
+    if (json_array_append_new(ctx->chunk, item) != 0) {
+        octl_import_msg(ctx, "out of memory");
+        return -1;
+    }
+
+    return 0;
+}
+
+
+static int
+octl_import_read(octl_import_t *ctx, FILE *fp)
+{
+    char      *line, *p;
+    size_t     cap, len;
+    ssize_t    n;
+    uint64_t   lineno;
+    unsigned   first;
+
+    line = NULL;
+    cap = 0;
+    lineno = 0;
+    first = 1;
+
+    while ((n = getline(&line, &cap, fp)) != -1) {
+        lineno++;
+        ctx->pos += (uint64_t) n;
+        len = (size_t) n;
+
+        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'
+                           || line[len - 1] == ' '))
+        {
+            len--;
+        }
+
+        p = line;
+
+        /* a byte order mark, as spreadsheets write them */
+
+        if (first && len >= 3 && memcmp(line, "\xef\xbb\xbf", 3) == 0) {
+            p += 3;
+        }
+
+        for ( /* void */ ; p < line + len && (*p == ' ' || *p == '\t'); p++)
+        {
+            /* void */
+        }
+
+        if (p == line + len) {
+            continue;
+        }
+
+        if (first) {
+            first = 0;
+            ctx->ndjson = (*p == '{');
+
+            if (!ctx->ndjson
+                && octl_csv_header(ctx, p, len - (size_t) (p - line)))
+            {
+                continue;
+            }
+        }
+
+        if (octl_import_line(ctx, p, len - (size_t) (p - line), lineno)
+            != 0)
+        {
+            free(line);
+            return -1;
+        }
+    }
+
+    free(line);
+
+    if (ferror(fp)) {
+        octl_import_msg(ctx, "%s: %s", ctx->name, strerror(errno));
+        return -1;
+    }
+
+    return octl_import_send(ctx);
+}
+
+
+static int
+octl_import(int argc, char **argv)
+{
+    int             c, rc;
+    FILE           *fp;
+    uint64_t        v;
+    const char     *url, *user, *cacert, *cert, *key;
+    struct stat     st;
+    octl_import_t   ctx;
+
+    static const char  *csv_columns[] = {
+        "destination", "sender", "campaign", "channel"
+    };
+    static const struct option  longopts[] = {
+        { "url", required_argument, NULL, 'u' },
+        { "user", required_argument, NULL, 'U' },
+        { "cacert", required_argument, NULL, 'C' },
+        { "cert", required_argument, NULL, 'E' },
+        { "key", required_argument, NULL, 'k' },
+        { "chunk", required_argument, NULL, 'c' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 }
+    };
+
+    memset(&ctx, 0, sizeof(ctx));
+    ctx.max = OCTL_CHUNK_MAX;
+    url = NULL;
+    user = getenv("OPTOUT_API_USER");
+    cacert = NULL;
+    cert = NULL;
+    key = NULL;
+
+    while ((c = octl_getopt(argc, argv, "import", ":u:U:C:E:k:c:h",
+                            longopts))
+           != -1)
+    {
+        switch (c) {
+        case 'u':
+            url = optarg;
+            break;
+        case 'U':
+            user = optarg;
+            break;
+        case 'C':
+            cacert = optarg;
+            break;
+        case 'E':
+            cert = optarg;
+            break;
+        case 'k':
+            key = optarg;
+            break;
+        case 'c':
+            if (octl_parse_u64(optarg, strlen(optarg), &v) != 0 || v < 1
+                || v > OCTL_CHUNK_MAX)
+            {
+                return octl_usage_error("import", "invalid --chunk \"%s\" "
+                                        "(1..%d)", optarg, OCTL_CHUNK_MAX);
+            }
+
+            ctx.max = (size_t) v;
+            break;
+        case 'h':
+            return octl_help(octl_import_usage);
+        default:
+            return OCTL_EXIT_USAGE;
+        }
+    }
+
+    if (url == NULL) {
+        return octl_usage_error("import", "missing --url");
+    }
+
+    if (argc - optind > 1) {
+        return octl_usage_error("import", "too many arguments");
+    }
+
+    ctx.name = (optind < argc) ? argv[optind] : "-";
+
+    if (strcmp(ctx.name, "-") == 0) {
+        fp = stdin;
+        ctx.name = "stdin";
+
+    } else {
+        fp = fopen(ctx.name, "re");
+
+        if (fp == NULL) {
+            octl_error("%s: %s", ctx.name, strerror(errno));
+            return OCTL_EXIT_ERROR;
+        }
+    }
+
+    if (fstat(fileno(fp), &st) == 0 && S_ISREG(st.st_mode)) {
+        ctx.size = (uint64_t) st.st_size;
+    }
+
+    ctx.bar = isatty(STDERR_FILENO);
+    memcpy(ctx.columns, csv_columns, sizeof(csv_columns));
+    ctx.ncolumns = 4;
+
+    rc = OCTL_EXIT_ERROR;
+
+    ctx.chunk = json_array();
+    ctx.lines = malloc(ctx.max * sizeof(uint64_t));
+
+    if (ctx.chunk == NULL || ctx.lines == NULL
+        || curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK
+        || (ctx.curl = curl_easy_init()) == NULL)
+    {
+        octl_error("cannot initialize: out of memory");
+        goto done;
+    }
+
+    ctx.errbuf[0] = '\0';
+
+    if (curl_easy_setopt(ctx.curl, CURLOPT_URL, url) != CURLE_OK
+        || curl_easy_setopt(ctx.curl, CURLOPT_ERRORBUFFER, ctx.errbuf)
+           != CURLE_OK
+        || curl_easy_setopt(ctx.curl, CURLOPT_WRITEFUNCTION, octl_curl_write)
+           != CURLE_OK
+        || curl_easy_setopt(ctx.curl, CURLOPT_WRITEDATA, &ctx) != CURLE_OK
+        || curl_easy_setopt(ctx.curl, CURLOPT_NOSIGNAL, 1L) != CURLE_OK
+        || curl_easy_setopt(ctx.curl, CURLOPT_TCP_NODELAY, 1L) != CURLE_OK
+        || curl_easy_setopt(ctx.curl, CURLOPT_CONNECTTIMEOUT, 10L)
+           != CURLE_OK
+        || curl_easy_setopt(ctx.curl, CURLOPT_TIMEOUT, 300L) != CURLE_OK
+        || (user != NULL && user[0] != '\0'
+            && curl_easy_setopt(ctx.curl, CURLOPT_USERPWD, user) != CURLE_OK)
+        || (cacert != NULL
+            && curl_easy_setopt(ctx.curl, CURLOPT_CAINFO, cacert)
+               != CURLE_OK)
+        || (cert != NULL
+            && curl_easy_setopt(ctx.curl, CURLOPT_SSLCERT, cert) != CURLE_OK)
+        || (key != NULL
+            && curl_easy_setopt(ctx.curl, CURLOPT_SSLKEY, key) != CURLE_OK))
+    {
+        octl_error("invalid --url or TLS option (libcurl refused it)");
+        goto done;
+    }
+
+    if (octl_import_read(&ctx, fp) == 0) {
+        rc = OCTL_EXIT_OK;
+
+    } else {
+        octl_import_msg(&ctx, "stopped: run the import again, the rules "
+                        "already added are then answered \"present\"");
+    }
+
+    if (ctx.bar) {
+        fputs("\r\033[K", stderr);
+    }
+
+    printf("imported %" PRIu64 " rules: %" PRIu64 " added, %" PRIu64
+           " already present, %" PRIu64 " invalid, %" PRIu64 " not "
+           "imported\n", ctx.items, ctx.added, ctx.present, ctx.invalid,
+           ctx.items - ctx.added - ctx.present - ctx.invalid);
+
+    if (ctx.invalid > 0 || ctx.items != ctx.added + ctx.present + ctx.invalid)
+    {
+        rc = OCTL_EXIT_ERROR;
+    }
+
+    if (fflush(stdout) == EOF || ferror(stdout)) {
+        octl_error("writing stdout: %s", strerror(errno));
+        rc = OCTL_EXIT_ERROR;
+    }
+
+done:
+
+    if (ctx.curl != NULL) {
+        curl_easy_cleanup(ctx.curl);
+    }
+
+    curl_global_cleanup();
+    json_decref(ctx.chunk);
+    free(ctx.lines);
+    free(ctx.resp);
 
     if (fp != stdin) {
         (void) fclose(fp);
