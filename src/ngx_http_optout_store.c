@@ -18,8 +18,6 @@
 
 #define NGX_HTTP_OPTOUT_MGET_KEYS      (OPTOUT_MARKERS_MAX + 510)
 #define NGX_HTTP_OPTOUT_MGET_HASH      2048
-#define NGX_HTTP_OPTOUT_INFLIGHT        1
-#define NGX_HTTP_OPTOUT_FREE_MGETS      8
 
 
 /*
@@ -50,10 +48,12 @@ typedef struct {
 
 
 /*
- * Lookups that arrive while others are in flight wait together and go
- * to memcached in one multi-get: the round trip is the cost.  The thread
- * owns the multi-get; the waiters stay on the event loop, so a request
- * may leave (timeout, close) at any time.
+ * Up to optout_check_concurrency multi-gets are in flight per worker: a
+ * lookup that finds a free one goes at once, and lookups that arrive
+ * while all are in flight wait together and go to memcached in one
+ * multi-get when the first one ends: the round trip is the cost.  The
+ * thread owns the multi-get; the waiters stay on the event loop, so a
+ * request may leave (timeout, close) at any time.
  */
 
 typedef struct {
@@ -83,6 +83,7 @@ struct ngx_http_optout_store_s {
     optout_markers_t             markers;
     ngx_http_optout_shared_t    *filling;
     ngx_uint_t                   inflight;
+    ngx_uint_t                   inflight_max;
     ngx_queue_t                  free_mgets;
     ngx_uint_t                   nfree;
 };
@@ -257,6 +258,7 @@ ngx_http_optout_store_init_worker(ngx_cycle_t *cycle,
 
     store->thread_pool = omcf->thread_pool;
     store->log = cycle->log;
+    store->inflight_max = omcf->check_concurrency;
 
     ngx_queue_init(&store->free_mgets);
 
@@ -333,7 +335,7 @@ ngx_http_optout_store_lookup(ngx_http_optout_store_t *store,
     ngx_queue_insert_tail(&sh->waiters, &lk->queue);
     lk->mget = sh;
 
-    if (store->inflight < NGX_HTTP_OPTOUT_INFLIGHT) {
+    if (store->inflight < store->inflight_max) {
         ngx_http_optout_shared_post(sh);
     }
 
@@ -479,7 +481,9 @@ ngx_http_optout_shared_done(ngx_event_t *ev)
         lk->handler(lk);
     }
 
-    if (store->nfree < NGX_HTTP_OPTOUT_FREE_MGETS) {
+    /* enough for every one in flight and the filling one */
+
+    if (store->nfree <= store->inflight_max) {
         ngx_queue_insert_tail(&store->free_mgets, &sh->queue);
         store->nfree++;
 
@@ -487,7 +491,7 @@ ngx_http_optout_shared_done(ngx_event_t *ev)
         ngx_free(sh);
     }
 
-    if (store->filling && store->inflight < NGX_HTTP_OPTOUT_INFLIGHT) {
+    if (store->filling && store->inflight < store->inflight_max) {
         ngx_http_optout_shared_post(store->filling);
     }
 }
