@@ -70,7 +70,8 @@ bench_teardown() {
 
 # wrk_run URL [wrk args...]: one wrk run with $THREADS threads (at most
 # $CONNS) and $CONNS connections; leaves requests/s in $rate, the p99 as
-# wrk prints it in $p99 and in microseconds in $p99_us, and the non-2xx
+# wrk prints it in $p99 and in microseconds in $p99_us, the number of
+# answers in $requests, and the non-2xx
 # answers plus socket errors (connect, read, write, timeout) in $errors
 wrk_run() {
     local url=$1
@@ -79,6 +80,7 @@ wrk_run() {
     [ "$threads" -gt "$CONNS" ] && threads=$CONNS
     out=$(wrk -t"$threads" -c"$CONNS" -d"${DURATION}s" --latency "$@" "$url")
     rate=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+    requests=$(awk '/ requests in / {print $1}' <<<"$out")
     p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
     p99_us=$(awk -v v="$p99" 'BEGIN {
         m = 1
@@ -100,6 +102,20 @@ wrk_rate() {
     [ "$errors" != 0 ] && note="non-2xx or errors: $errors"
     printf '%-44s %12.0f req/s   p99 %-8s %s\n' "$name" "$rate" "$p99" \
         "$note"
+}
+
+# mc_stat NAME: one counter of our memcached's "stats"
+mc_stat() {
+    local line
+    exec 9<>"/dev/tcp/127.0.0.1/$mc_port"
+    printf 'stats\r\nquit\r\n' >&9
+    while IFS=$' \r' read -r -a line <&9; do
+        if [ "${line[1]:-}" = "$1" ]; then
+            echo "${line[2]}"
+            break
+        fi
+    done
+    exec 9<&-
 }
 
 ratio() {
