@@ -288,7 +288,7 @@ ngx_http_optout_init_main_conf(ngx_conf_t *cf, void *conf)
     }
 
     ngx_conf_init_msec_value(omcf->store_timeout, 200);
-    ngx_conf_init_value(omcf->check_concurrency, 8);
+    ngx_conf_init_value(omcf->check_concurrency, 4);
 
     if (omcf->thread_pool_name.data == NULL) {
         ngx_str_set(&omcf->thread_pool_name, "default");
