@@ -198,12 +198,15 @@ echo
 echo "at $CONNS connections:"
 wrk_rate "(a) return 204 (ceiling)" \
     "http://127.0.0.1:$port_a/ceiling"; ceil=$rate
-wrk_rate "(d) optout_check, blocked (cache hit)" \
+wrk_rate "(d) optout_check, blocked (cache hit; 403s)" \
     "http://127.0.0.1:$port_c/check?to=$enc_blocked"; hit=$rate
 wrk_rate "(e) batch, 1,000 destinations per POST" \
-    "http://127.0.0.1:$port_e/check" -s "$prefix/batch.lua"; batchrate=$rate
+    "http://127.0.0.1:$port_e/check" -s "$prefix/batch.lua"
+# only the 200s count: a batch refused with 503 (queue full) checked nothing
+batchrate=$(awk -v n="$requests" -v e="$errors" -v d="$DURATION" \
+            'BEGIN { printf "%.0f", (n - e) / d }')
 
 echo
 echo "(d)/(a) cache hit / ceiling:     $(ratio "$hit" "$ceil")x"
-echo "(e) destinations per second:     $(awk -v r="$batchrate" \
-     'BEGIN { printf "%.0f", r * 1000 }')"
+echo "(e) batches answered 200:        $batchrate/s"
+echo "(e) destinations per second:     $((batchrate * 1000))"
