@@ -15,6 +15,11 @@
 #   (d) optout_check, cache hit: a blocked destination, answered from the
 #       optout_cache zone (403 JSON)
 #   (e) batch: POST of 1,000 destinations per request (destinations/s)
+# Settings (environment): LEVELS (connections, "1 4 8 16 64 256"), ROUNDS
+# (3), DURATION (seconds a run, 10), WORKERS (2), CONNS (64, for (a) (d)
+# (e)), CHECK_CONCURRENCY (optout_check_concurrency, else its default),
+# MODULE (the .so to load, build/ngx_http_optout_module.so: to compare
+# builds with the same script).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
