@@ -208,8 +208,8 @@ wrk_rate "(d) optout_check, blocked (cache hit; 403s)" \
 wrk_rate "(e) batch, 1,000 destinations per POST" \
     "http://127.0.0.1:$port_e/check" -s "$prefix/batch.lua"
 # only the 200s count: a batch refused with 503 (queue full) checked nothing
-batchrate=$(awk -v n="$requests" -v e="$errors" -v d="$DURATION" \
-            'BEGIN { printf "%.0f", (n - e) / d }')
+batchrate=$(awk -v r="$rate" -v n="$requests" -v e="$errors" \
+            'BEGIN { printf "%.0f", (n > 0) ? r * (n - e) / n : 0 }')
 
 echo
 echo "(d)/(a) cache hit / ceiling:     $(ratio "$hit" "$ceil")x"
