@@ -1,15 +1,25 @@
 #!/usr/bin/env bash
 # Send-time check benchmarks, in one run against one nginx and one memcached
-# (one server block and port per variant), keepalive connections:
-#   (a) "return 204", the ceiling
-#   (b) stock memcached_pass asking memcached for the same store key
+# (one server block and port per variant), keepalive connections.
+#
+# First, latency at every load: at each of $LEVELS connections,
+#   (b) stock memcached_pass asking memcached for a key that is not there
 #       (not found -> error_page 404 -> 204), the baseline round trip
-#   (c) optout_check, cache miss: an allowed destination (allowed answers
-#       are not cached by default), one multi-get per request
+#   (c) optout_check, cache miss: allowed destinations (allowed answers
+#       are not cached by default), one memcached lookup per request
+# both with a distinct destination in every request (a wrk Lua script): one
+# repeated destination would flatter coalescing.  One table: req/s and p99
+# of each, the ratio of the rates, and whether the p99 of (c) is no worse
+# than that of (b).  Then, at $CONNS connections:
+#   (a) "return 204", the ceiling
 #   (d) optout_check, cache hit: a blocked destination, answered from the
 #       optout_cache zone (403 JSON)
 #   (e) batch: POST of 1,000 destinations per request (destinations/s)
-# and the p99 of (c) at a lower load (see below).
+# Settings (environment): LEVELS (connections, "1 4 8 16 64 256"), ROUNDS
+# (3), DURATION (seconds a run, 10), WORKERS (2), CONNS (64, for (a) (d)
+# (e)), CHECK_CONCURRENCY (optout_check_concurrency, else its default),
+# MODULE (the .so to load, build/ngx_http_optout_module.so: to compare
+# builds with the same script).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -20,23 +30,19 @@ port_b=$(free_port)
 port_c=$(free_port)
 port_e=$(free_port)
 
+LEVELS=${LEVELS:-1 4 8 16 64 256}
+
 allowed_dest=+15005550100
 blocked_dest=+15005550001
 
-# the store key of the allowed destination (account-wide, no namespace),
-# computed independently of the module (t/lib/OptoutTest.pm)
-mc_key=$(perl -I"$root/t/lib" -MOptoutTest -e '
-    open my $f, "<", $ARGV[0] or die "$ARGV[0]: $!";
-    chomp(my $s = <$f>);
-    print OptoutTest::store_key(secret => $s, dest => $ARGV[1]);
-' "$prefix/conf/store.key" "$allowed_dest")
-
+# CHECK_CONCURRENCY=N: optout_check_concurrency N (the default otherwise)
 bench_nginx "
     optout_cache zone=bench:16m blocked=10m;
+    ${CHECK_CONCURRENCY:+optout_check_concurrency $CHECK_CONCURRENCY;}
 
     upstream mc {
         server 127.0.0.1:$mc_port;
-        keepalive 32;
+        keepalive 256;
     }
 
     server {
@@ -47,7 +53,7 @@ bench_nginx "
     server {
         listen 127.0.0.1:$port_b;
         location = /mc {
-            set \$memcached_key \"$mc_key\";
+            set \$memcached_key \"bench:\$arg_to\";
             memcached_pass mc;
             error_page 404 = @allowed;
         }
@@ -85,7 +91,7 @@ expect() {
 enc_allowed=${allowed_dest/+/%2B}
 enc_blocked=${blocked_dest/+/%2B}
 expect 204 "http://127.0.0.1:$port_a/ceiling"
-expect 204 "http://127.0.0.1:$port_b/mc"
+expect 204 "http://127.0.0.1:$port_b/mc?to=$enc_allowed"
 expect 204 "http://127.0.0.1:$port_c/check?to=$enc_allowed"
 expect 403 "http://127.0.0.1:$port_c/check?to=$enc_blocked"
 
@@ -106,49 +112,106 @@ f:close()
 wrk.headers["Content-Type"] = "text/plain"
 LUA
 
-# like wrk_rate in lib.sh, but leaves the p99 in $p99 as well
-wrk_measure() {
-    local name=$1 url=$2
-    shift 2
-    local out non2xx
-    out=$(wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency "$@" "$url")
-    rate=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
-    p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
-    non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
-    printf '%-44s %12.0f req/s   p99 %-8s %s\n' "$name" "$rate" "$p99" \
-        "${non2xx:+non-2xx: $non2xx}"
+# a distinct destination in every request: +19TTNNNNNNNNN, TT the wrk
+# thread, N a counter of its requests; none of them has a rule
+cat > "$prefix/distinct.lua" <<'LUA'
+local threads = 0
+local n = 0
+
+function setup(thread)
+    threads = threads + 1
+    thread:set("tid", threads)
+end
+
+function request()
+    n = n + 1
+    return wrk.format("GET", string.format("%s%%2B19%02d%09d",
+                                           wrk.path, tid, n))
+end
+LUA
+
+expect 204 "http://127.0.0.1:$port_c/check?to=%2B190100000001"
+
+median() {
+    tr ' ' '\n' | grep . | sort -g \
+        | awk '{ v[NR] = $1 }
+               END { m = (NR % 2) ? v[(NR + 1) / 2] \
+                                  : (v[NR / 2] + v[NR / 2 + 1]) / 2
+                     printf "%.0f", m }'
 }
 
-echo "$THREADS wrk threads, $CONNS connections, ${DURATION}s each," \
-     "${WORKERS:-2} nginx workers"
+ms() {
+    awk -v us="$1" 'BEGIN { printf "%.2f ms", us / 1000 }'
+}
 
-wrk_measure "(a) return 204 (ceiling)" \
-    "http://127.0.0.1:$port_a/ceiling"; ceil=$rate
-wrk_measure "(b) memcached_pass, not found (same key)" \
-    "http://127.0.0.1:$port_b/mc"; mcpass=$rate
-wrk_measure "(c) optout_check, allowed (cache miss)" \
-    "http://127.0.0.1:$port_c/check?to=$enc_allowed"; miss=$rate
-top_p99=$p99
-wrk_measure "(d) optout_check, blocked (cache hit)" \
-    "http://127.0.0.1:$port_c/check?to=$enc_blocked"; hit=$rate
-wrk_measure "(e) batch, 1,000 destinations per POST" \
-    "http://127.0.0.1:$port_e/check" -s "$prefix/batch.lua"; batchrate=$rate
+# one row at $CONNS connections: $ROUNDS rounds of (b) and (c), the order
+# alternating, so that a burst of load from elsewhere on the machine hits
+# both; the medians of the rates and of the p99s.  Every multi-get of (c)
+# finds exactly one key, the marker (no destination has a rule), so
+# memcached's get_hits counts the multi-gets: checks per multi-get is how
+# much coalescing there was
+level_row() {
+    local i b_rates= b_p99s= c_rates= c_p99s= err=0 b c bp cp
+    local hits0 checks=0
+    local mc="http://127.0.0.1:$port_b/mc?to="
+    local ck="http://127.0.0.1:$port_c/check?to="
+    local lua=(-s "$prefix/distinct.lua")
 
-# p99 of (c) at about half its top rate.  wrk2 (constant request rate) is
-# not available, and wrk is closed-loop: each connection sends its next
-# request when the previous answer arrives, so the offered load is set by
-# the number of connections.  With 4 connections (instead of $CONNS) the
-# check runs well below saturation; the rate it reached is printed next to
-# the p99 so that the load it was measured at is known.  The result is an
-# approximation: closed-loop measurement hides queueing delays (coordinated
-# omission), so the true p99 at a fixed half rate may be higher.
-CONNS=4 THREADS=1 wrk_measure "(c) optout_check, allowed, 4 connections" \
-    "http://127.0.0.1:$port_c/check?to=$enc_allowed"; low=$rate
+    hits0=$(mc_stat get_hits)
+
+    for ((i = 0; i < ROUNDS; i++)); do
+        if [ $((i % 2)) = 0 ]; then
+            wrk_run "$mc" "${lua[@]}"
+            b_rates+=" $rate" b_p99s+=" $p99_us" err=$((err + errors))
+            wrk_run "$ck" "${lua[@]}"
+            c_rates+=" $rate" c_p99s+=" $p99_us" err=$((err + errors))
+            checks=$((checks + requests))
+        else
+            wrk_run "$ck" "${lua[@]}"
+            c_rates+=" $rate" c_p99s+=" $p99_us" err=$((err + errors))
+            checks=$((checks + requests))
+            wrk_run "$mc" "${lua[@]}"
+            b_rates+=" $rate" b_p99s+=" $p99_us" err=$((err + errors))
+        fi
+    done
+
+    b=$(median <<<"$b_rates") bp=$(median <<<"$b_p99s")
+    c=$(median <<<"$c_rates") cp=$(median <<<"$c_p99s")
+
+    printf '| %5s | %8s | %9s | %8s | %9s | %5sx | %-3s | %5s |\n' \
+        "$CONNS" "$b" "$(ms "$bp")" "$c" "$(ms "$cp")" "$(ratio "$c" "$b")" \
+        "$([ "$cp" -le "$bp" ] && echo yes || echo no)" \
+        "$(ratio "$checks" "$(($(mc_stat get_hits) - hits0))")"
+    [ "$err" = 0 ] || echo "bench: $err non-2xx answers or socket errors" >&2
+}
+
+ROUNDS=${ROUNDS:-3}
+
+echo "median of $ROUNDS rounds of ${DURATION}s, up to $THREADS wrk threads," \
+     "${WORKERS:-2} nginx workers, a distinct destination per request"
+echo
+echo "| conns | (b) memcached_pass req/s | p99 | (c) optout_check miss" \
+     "req/s | p99 | (c)/(b) | p99 (c) <= (b) | checks per multi-get |"
+echo "|---:|---:|---:|---:|---:|---:|---|---:|"
+top=$CONNS
+for CONNS in $LEVELS; do
+    level_row
+done
+CONNS=$top
 
 echo
-echo "(c)/(b) check / memcached_pass:  $(ratio "$miss" "$mcpass")x"
+echo "at $CONNS connections:"
+wrk_rate "(a) return 204 (ceiling)" \
+    "http://127.0.0.1:$port_a/ceiling"; ceil=$rate
+wrk_rate "(d) optout_check, blocked (cache hit; 403s)" \
+    "http://127.0.0.1:$port_c/check?to=$enc_blocked"; hit=$rate
+wrk_rate "(e) batch, 1,000 destinations per POST" \
+    "http://127.0.0.1:$port_e/check" -s "$prefix/batch.lua"
+# only the 200s count: a batch refused with 503 (queue full) checked nothing
+batchrate=$(awk -v r="$rate" -v n="$requests" -v e="$errors" \
+            'BEGIN { printf "%.0f", (n > 0) ? r * (n - e) / n : 0 }')
+
+echo
 echo "(d)/(a) cache hit / ceiling:     $(ratio "$hit" "$ceil")x"
-echo "(e) destinations per second:     $(awk -v r="$batchrate" \
-     'BEGIN { printf "%.0f", r * 1000 }')"
-echo "(c) p99 at $(ratio "$low" "$miss")x of its top rate" \
-     "(4 connections): $p99 (at $CONNS connections: $top_p99)"
+echo "(e) batches answered 200:        $batchrate/s"
+echo "(e) destinations per second:     $((batchrate * 1000))"

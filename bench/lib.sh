@@ -32,7 +32,7 @@ bench_setup() {
 # bench_nginx HTTP_BODY: writes and starts nginx with the body inside http{}
 bench_nginx() {
     cat > "$prefix/conf/nginx.conf" <<CONF
-load_module $root/build/ngx_http_optout_module.so;
+load_module ${MODULE:-$root/build/ngx_http_optout_module.so};
 worker_processes ${WORKERS:-2};
 pid logs/nginx.pid;
 error_log logs/error.log warn;
@@ -68,18 +68,54 @@ bench_teardown() {
     if [ -z "${KEEP:-}" ]; then rm -rf "$prefix"; fi
 }
 
+# wrk_run URL [wrk args...]: one wrk run with $THREADS threads (at most
+# $CONNS) and $CONNS connections; leaves requests/s in $rate, the p99 as
+# wrk prints it in $p99 and in microseconds in $p99_us, the number of
+# answers in $requests, and the non-2xx
+# answers plus socket errors (connect, read, write, timeout) in $errors
+wrk_run() {
+    local url=$1
+    shift
+    local out threads=$THREADS
+    [ "$threads" -gt "$CONNS" ] && threads=$CONNS
+    out=$(wrk -t"$threads" -c"$CONNS" -d"${DURATION}s" --latency "$@" "$url")
+    rate=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+    requests=$(awk '/ requests in / {print $1}' <<<"$out")
+    p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
+    p99_us=$(awk -v v="$p99" 'BEGIN {
+        m = 1
+        if (v ~ /us$/) m = 1; else if (v ~ /ms$/) m = 1000
+        else if (v ~ /m$/) m = 60000000; else if (v ~ /s$/) m = 1000000
+        printf "%.0f", v * m }')
+    errors=$(awk '/Non-2xx/ {n += $NF}
+        /Socket errors/ {
+            for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) n += $i + 0 }
+        END {print n + 0}' <<<"$out")
+}
+
 # wrk_rate NAME URL [wrk args...]: prints and returns requests/s in $rate
 wrk_rate() {
     local name=$1 url=$2
     shift 2
-    local out
-    out=$(wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency "$@" "$url")
-    rate=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
-    local p99 non2xx
-    p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
-    non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
+    local note=
+    wrk_run "$url" "$@"
+    [ "$errors" != 0 ] && note="non-2xx or errors: $errors"
     printf '%-44s %12.0f req/s   p99 %-8s %s\n' "$name" "$rate" "$p99" \
-        "${non2xx:+non-2xx: $non2xx}"
+        "$note"
+}
+
+# mc_stat NAME: one counter of our memcached's "stats"
+mc_stat() {
+    local line
+    exec 9<>"/dev/tcp/127.0.0.1/$mc_port"
+    printf 'stats\r\nquit\r\n' >&9
+    while IFS=$' \r' read -r -a line <&9; do
+        if [ "${line[1]:-}" = "$1" ]; then
+            echo "${line[2]}"
+            break
+        fi
+    done
+    exec 9<&-
 }
 
 ratio() {

@@ -33,6 +33,11 @@ static ngx_conf_post_handler_pt  ngx_http_optout_store_prefix_p =
     ngx_http_optout_store_prefix;
 
 
+static ngx_conf_num_bounds_t  ngx_http_optout_check_concurrency_bounds = {
+    ngx_conf_check_num_bounds, 1, 64
+};
+
+
 static ngx_conf_enum_t  ngx_http_optout_check_fail[] = {
     { ngx_string("closed"), NGX_HTTP_OPTOUT_FAIL_CLOSED },
     { ngx_string("open"), NGX_HTTP_OPTOUT_FAIL_OPEN },
@@ -168,6 +173,13 @@ static ngx_command_t  ngx_http_optout_commands[] = {
       offsetof(ngx_http_optout_loc_conf_t, check_fail),
       &ngx_http_optout_check_fail },
 
+    { ngx_string("optout_check_concurrency"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_optout_main_conf_t, check_concurrency),
+      &ngx_http_optout_check_concurrency_bounds },
+
     { ngx_string("optout_batch_concurrency"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_http_optout_batch_concurrency_conf,
@@ -272,6 +284,7 @@ ngx_http_optout_create_main_conf(ngx_conf_t *cf)
      */
 
     omcf->store_timeout = NGX_CONF_UNSET_MSEC;
+    omcf->check_concurrency = NGX_CONF_UNSET;
     omcf->batch_concurrency = NGX_CONF_UNSET_UINT;
     omcf->batch_queue = NGX_CONF_UNSET_UINT;
     omcf->batch_queue_timeout = NGX_CONF_UNSET_MSEC;
@@ -290,6 +303,7 @@ ngx_http_optout_init_main_conf(ngx_conf_t *cf, void *conf)
     }
 
     ngx_conf_init_msec_value(omcf->store_timeout, 200);
+    ngx_conf_init_value(omcf->check_concurrency, 4);
 
     if (omcf->thread_pool_name.data == NULL) {
         ngx_str_set(&omcf->thread_pool_name, "default");

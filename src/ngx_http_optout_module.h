@@ -197,6 +197,7 @@ typedef struct {
     ngx_http_optout_applier_t   *applier;   /* set in init_module */
     ngx_http_optout_metrics_t   *metrics;
 
+    ngx_int_t                    check_concurrency;
     ngx_uint_t                   batch_concurrency;
     ngx_uint_t                   batch_queue;
     ngx_msec_t                   batch_queue_timeout;

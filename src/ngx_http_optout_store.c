@@ -18,8 +18,6 @@
 
 #define NGX_HTTP_OPTOUT_MGET_KEYS      (OPTOUT_MARKERS_MAX + 510)
 #define NGX_HTTP_OPTOUT_MGET_HASH      2048
-#define NGX_HTTP_OPTOUT_INFLIGHT        1
-#define NGX_HTTP_OPTOUT_FREE_MGETS      8
 
 
 /*
@@ -50,10 +48,14 @@ typedef struct {
 
 
 /*
- * Lookups that arrive while others are in flight wait together and go
- * to memcached in one multi-get: the round trip is the cost.  The thread
- * owns the multi-get; the waiters stay on the event loop, so a request
- * may leave (timeout, close) at any time.
+ * Lookups go to memcached together, in one multi-get: the round trip is
+ * the cost.  The lookups of one pass of the event loop share a multi-get,
+ * posted at the end of that pass (a posted event), so a lookup waits for
+ * no round trip while fewer than optout_check_concurrency multi-gets are
+ * in flight in its worker; beyond that, the lookups that arrive wait
+ * together for the first one to end.  The thread owns the multi-get; the
+ * waiters stay on the event loop, so a request may leave (timeout, close)
+ * at any time.
  */
 
 typedef struct {
@@ -81,8 +83,10 @@ struct ngx_http_optout_store_s {
     struct timespec              wait;
 
     optout_markers_t             markers;
+    ngx_event_t                  flush;
     ngx_http_optout_shared_t    *filling;
     ngx_uint_t                   inflight;
+    ngx_uint_t                   inflight_max;
     ngx_queue_t                  free_mgets;
     ngx_uint_t                   nfree;
 };
@@ -101,6 +105,7 @@ typedef struct {
 
 static ngx_http_optout_shared_t *ngx_http_optout_shared_get(
     ngx_http_optout_store_t *store);
+static void ngx_http_optout_shared_flush(ngx_event_t *ev);
 static void ngx_http_optout_shared_post(ngx_http_optout_shared_t *sh);
 static void ngx_http_optout_shared_thread(void *data, ngx_log_t *log);
 static void ngx_http_optout_shared_done(ngx_event_t *ev);
@@ -267,6 +272,11 @@ ngx_http_optout_store_init_worker(ngx_cycle_t *cycle,
 
     store->thread_pool = omcf->thread_pool;
     store->log = cycle->log;
+    store->inflight_max = omcf->check_concurrency;
+
+    store->flush.handler = ngx_http_optout_shared_flush;
+    store->flush.data = store;
+    store->flush.log = cycle->log;
 
     ngx_queue_init(&store->free_mgets);
 
@@ -285,6 +295,10 @@ ngx_http_optout_store_exit_worker(ngx_cycle_t *cycle,
     ngx_http_optout_store_t  *store;
 
     store = omcf->store;
+
+    if (store->flush.posted) {
+        ngx_delete_posted_event(&store->flush);
+    }
 
     while (!ngx_queue_empty(&store->free_mgets)) {
         q = ngx_queue_head(&store->free_mgets);
@@ -343,8 +357,8 @@ ngx_http_optout_store_lookup(ngx_http_optout_store_t *store,
     ngx_queue_insert_tail(&sh->waiters, &lk->queue);
     lk->mget = sh;
 
-    if (store->inflight < NGX_HTTP_OPTOUT_INFLIGHT) {
-        ngx_http_optout_shared_post(sh);
+    if (store->inflight < store->inflight_max && !store->flush.posted) {
+        ngx_post_event(&store->flush, &ngx_posted_events);
     }
 
     return NGX_OK;
@@ -406,6 +420,25 @@ ngx_http_optout_shared_get(ngx_http_optout_store_t *store)
     ngx_http_optout_mget_init(&sh->mget);
 
     return sh;
+}
+
+
+/* the end of a pass of the event loop: its lookups go together */
+
+static void
+ngx_http_optout_shared_flush(ngx_event_t *ev)
+{
+    ngx_http_optout_store_t *store = ev->data;
+
+    ngx_http_optout_shared_t  *sh;
+
+    sh = store->filling;
+
+    if (sh && !ngx_queue_empty(&sh->waiters)
+        && store->inflight < store->inflight_max)
+    {
+        ngx_http_optout_shared_post(sh);
+    }
 }
 
 
@@ -489,7 +522,9 @@ ngx_http_optout_shared_done(ngx_event_t *ev)
         lk->handler(lk);
     }
 
-    if (store->nfree < NGX_HTTP_OPTOUT_FREE_MGETS) {
+    /* enough for every one in flight and the filling one */
+
+    if (store->nfree <= store->inflight_max) {
         ngx_queue_insert_tail(&store->free_mgets, &sh->queue);
         store->nfree++;
 
@@ -497,8 +532,12 @@ ngx_http_optout_shared_done(ngx_event_t *ev)
         ngx_free(sh);
     }
 
-    if (store->filling && store->inflight < NGX_HTTP_OPTOUT_INFLIGHT) {
-        ngx_http_optout_shared_post(store->filling);
+    sh = store->filling;
+
+    if (sh && !ngx_queue_empty(&sh->waiters)
+        && store->inflight < store->inflight_max)
+    {
+        ngx_http_optout_shared_post(sh);
     }
 }
 
