@@ -106,6 +106,8 @@ static ngx_int_t ngx_http_optout_applier_open(ngx_http_optout_applier_t *a,
     ngx_http_optout_applied_t *rec, struct stat *cur, ngx_log_t *log);
 static void ngx_http_optout_applier_check(ngx_http_optout_applier_t *a,
     ngx_http_optout_applied_t *rec, ngx_log_t *log);
+static ngx_int_t ngx_http_optout_applier_fold(ngx_http_optout_applier_t *a,
+    ngx_http_optout_applied_t *rec, struct stat *cur, ngx_log_t *log);
 static ngx_int_t ngx_http_optout_applier_read(ngx_http_optout_applier_t *a,
     ngx_fd_t fd, ngx_http_optout_applied_t *rec, ngx_log_t *log);
 static ngx_int_t ngx_http_optout_applier_ahead(ngx_http_optout_applier_t *a,
@@ -480,7 +482,8 @@ ngx_http_optout_applier_thread(void *data, ngx_log_t *log)
 {
     ngx_http_optout_applier_t *a = data;
 
-    ngx_uint_t                  i, end, deleted;
+    ngx_int_t                   rc;
+    ngx_uint_t                  deleted;
     struct stat                 st, *cur;
     ngx_http_optout_applied_t   rec;
 
@@ -517,60 +520,15 @@ ngx_http_optout_applier_thread(void *data, ngx_log_t *log)
         rec.dirty = 1;
     }
 
-    end = 0;
+    rc = ngx_http_optout_applier_fold(a, &rec, cur, log);
 
-    for (i = 0; i < 2; i++) {
-
-        if (ngx_http_optout_applier_open(a, &rec, cur, log) != NGX_OK) {
-            return;
-        }
-
-        ngx_http_optout_applier_check(a, &rec, log);
-
-        if (ngx_http_optout_applier_read(a, a->fd, &rec, log) != NGX_OK) {
-            goto failed;
-        }
-
-        if (cur && ngx_http_optout_same_file(&rec, cur)) {
-            end = 1;
-            break;
-        }
-
-        if (cur == NULL) {
-            /* no new journal yet: the rotated one is all there is */
-
-            if (!a->frozen) {
-                a->rotated_end = rec.offset;
-            }
-
-            break;
-        }
-
-        if (a->frozen || a->rotated_end != rec.offset) {
-            if (!a->frozen) {
-                a->rotated_end = rec.offset;
-            }
-
-            if (ngx_http_optout_applier_ahead(a, cur, log) != NGX_OK) {
-                goto failed;
-            }
-
-            break;
-        }
-
-        ngx_log_error(NGX_LOG_NOTICE, log, 0,
-                      "optout: the rotated journal is applied up to its "
-                      "end (%O bytes), going on with the new \"%V\"",
-                      rec.offset, &a->path);
-
-        rec.dev = (uint64_t) cur->st_dev;
-        rec.ino = (uint64_t) cur->st_ino;
-        rec.offset = 0;
-        rec.dirty = 1;
-        a->rotated_end = -1;
+    if (rc == NGX_ABORT) {
+        return;
     }
 
-    if (ngx_http_optout_applier_apply(a, &deleted) != NGX_OK) {
+    if (rc == NGX_ERROR
+        || ngx_http_optout_applier_apply(a, &deleted) != NGX_OK)
+    {
         goto failed;
     }
 
@@ -585,7 +543,7 @@ ngx_http_optout_applier_thread(void *data, ngx_log_t *log)
     /* a short pass: a worker exit waits for it to end */
 
     a->more = a->frozen;
-    a->complete = end && !a->frozen;
+    a->complete = (rc == NGX_OK && !a->frozen);
 
     /*
      * A live opt-out written after this pass read the journal may have
@@ -604,11 +562,74 @@ ngx_http_optout_applier_thread(void *data, ngx_log_t *log)
 
 failed:
 
-    a->more = 0;
-
     if (fstat(a->fd, &st) == 0 && st.st_size > rec.offset) {
         a->behind = st.st_size - rec.offset;
     }
+}
+
+
+/*
+ * The fold of the journal from the record on; the record moves past the
+ * lines taken.  NGX_OK: to the end of the journal; NGX_DONE: to the end of
+ * a rotated one; NGX_ERROR: failed; NGX_ABORT: failed, with no file.
+ */
+
+static ngx_int_t
+ngx_http_optout_applier_fold(ngx_http_optout_applier_t *a,
+    ngx_http_optout_applied_t *rec, struct stat *cur, ngx_log_t *log)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < 2; i++) {
+
+        if (ngx_http_optout_applier_open(a, rec, cur, log) != NGX_OK) {
+            return NGX_ABORT;
+        }
+
+        ngx_http_optout_applier_check(a, rec, log);
+
+        if (ngx_http_optout_applier_read(a, a->fd, rec, log) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        if (cur && ngx_http_optout_same_file(rec, cur)) {
+            return NGX_OK;
+        }
+
+        if (cur == NULL) {
+            /* no new journal yet: the rotated one is all there is */
+
+            if (!a->frozen) {
+                a->rotated_end = rec->offset;
+            }
+
+            return NGX_DONE;
+        }
+
+        if (a->frozen || a->rotated_end != rec->offset) {
+            if (!a->frozen) {
+                a->rotated_end = rec->offset;
+            }
+
+            return ngx_http_optout_applier_ahead(a, cur, log) == NGX_OK
+                   ? NGX_DONE : NGX_ERROR;
+        }
+
+        ngx_log_error(NGX_LOG_NOTICE, log, 0,
+                      "optout: the rotated journal is applied up to its "
+                      "end (%O bytes), going on with the new \"%V\"",
+                      rec->offset, &a->path);
+
+        rec->dev = (uint64_t) cur->st_dev;
+        rec->ino = (uint64_t) cur->st_ino;
+        rec->offset = 0;
+        rec->dirty = 1;
+        a->rotated_end = -1;
+    }
+
+    /* not reached: the second file read is the current journal */
+
+    return NGX_DONE;
 }
 
 
