@@ -562,8 +562,18 @@ ngx_http_optout_applier_thread(void *data, ngx_log_t *log)
 
 failed:
 
-    if (fstat(a->fd, &st) == 0 && st.st_size > rec.offset) {
-        a->behind = st.st_size - rec.offset;
+    /* rec has moved past the lines folded: the saved record has not */
+
+    if (a->fd != NGX_INVALID_FILE && fstat(a->fd, &st) == 0) {
+        if (ngx_http_optout_applied_read(a->record_fd, &rec) != NGX_OK
+            || !ngx_http_optout_same_file(&rec, &st))
+        {
+            rec.offset = 0;
+        }
+
+        if (st.st_size > rec.offset) {
+            a->behind = st.st_size - rec.offset;
+        }
     }
 }
 
