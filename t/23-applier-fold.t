@@ -32,7 +32,9 @@ my $JSON = JSON::PP->new->utf8->canonical;
 my $t = OptoutTest->new(workers => 1);
 
 $t->setup(server => 'location /api { optout_api; } '
-                    . 'location = /check { optout_check; }');
+                    . 'location = /check { optout_check; } '
+                    . 'location = /check-open { optout_check; '
+                    . 'optout_check_fail open; }');
 
 ok($t->mc_set('optout:marker:0', '1 ' . int time), 'marker set');
 
@@ -56,8 +58,8 @@ sub remove {
 }
 
 sub check {
-    my ($dest) = @_;
-    my $r = $t->get('/check?to=' . OptoutTest::_urlenc($dest));
+    my ($dest, $loc) = @_;
+    my $r = $t->get(($loc // '/check') . '?to=' . OptoutTest::_urlenc($dest));
     my $code = '';
     if ($r->{status} == 403) {
         my $j = eval { $JSON->decode($r->{content}) };
@@ -197,6 +199,39 @@ ok(clear_record(), 'record cleared');
 is(wait_applied(), journal_end(), 'a pass over the whole journal');
 is($t->mc_get($KY), undef, 'Y: the final opt-in deleted it');
 is(check($Y), '204  -', 'Y: allowed');
+
+# ---------------------------------------------------------------- start
+
+# the unapplied tail at start: "optout, optin, optout" is pending with the
+# last opt-out's campaign, "optout, optin" is not pending
+
+my $V = OptoutTest::phone(230004);
+my $W = OptoutTest::phone(230005);
+
+$t->memcached_stop;
+
+is(add({ destination => $V, campaign => 1 }), '200 1',
+   'memcached down: V opt-out, 1');
+is(remove($V), 200, 'V: opt-in');
+is(add({ destination => $V, campaign => 3 }), '200 1', 'V: opt-out, 3');
+is(add({ destination => $W, campaign => 1 }), '200 1', 'W: opt-out, 1');
+is(remove($W), 200, 'W: opt-in');
+
+$t->stop;
+$t->start;
+
+is(check($V), '403 40300 3', 'after a restart: V pending, campaign 3');
+is(check($W, '/check-open'), '204  -',
+   'W not pending: unverified, failing open');
+
+$t->memcached_start;
+ok($t->mc_set('optout:marker:0', '1 ' . int time), 'marker set again');
+
+is(wait_applied(), journal_end(), 'memcached back: the applier caught up');
+like($t->mc_get($t->skey(dest => $V)) // '', qr/^1 3 \d+ api sms 0$/,
+     'V: campaign 3 in memcached');
+is($t->mc_get($t->skey(dest => $W)), undef, 'W: not in memcached');
+is(check($W), '204  -', 'W: allowed');
 
 $t->stop;
 ok($t->error_log_clean, 'no alert/crit/emerg in error.log');
