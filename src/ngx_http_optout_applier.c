@@ -3,11 +3,13 @@
  * The journal applier: the journal is the queue of writes to memcached.
  * A record next to the journal, "<journal>.applied", says up to which byte
  * every line is known to be in memcached.  One worker at a time (see the
- * pending set) reads the journal from there in a thread-pool task, applies
- * each line in order (opt-out: "add", opt-in: "delete") and moves the
- * record on past the lines that succeeded.  It runs when a worker takes it
- * over (at start, after a reload or a crash), soon after a live write
- * failed, and every few seconds; while memcached fails it backs off.
+ * pending set) reads the journal from there to its end in a thread-pool
+ * task, folds the lines into the final state of each store key (see the
+ * fold), writes only those, and moves the record on once all succeeded:
+ * a rule that the lines it read say holds is never deleted by it.  It
+ * runs when a worker takes it over (at start, after a reload or a crash),
+ * soon after a live write failed, and every few seconds; while memcached
+ * fails it backs off.
  */
 
 
@@ -16,6 +18,7 @@
 #include <openssl/crypto.h>
 
 #include "optout_journal.h"
+#include "ngx_http_optout_applier_fold.h"
 
 
 #define NGX_HTTP_OPTOUT_APPLIER_TICK     1000
@@ -23,8 +26,7 @@
 #define NGX_HTTP_OPTOUT_APPLIER_RETRY    1000
 #define NGX_HTTP_OPTOUT_APPLIER_BACKOFF  8000
 #define NGX_HTTP_OPTOUT_APPLIER_BUF      65536
-#define NGX_HTTP_OPTOUT_APPLIER_SAVE     1000     /* lines between saves */
-#define NGX_HTTP_OPTOUT_APPLIER_LINES    10000    /* a pass at most */
+#define NGX_HTTP_OPTOUT_APPLIER_KEYS     10000    /* a pass at most */
 
 #define NGX_HTTP_OPTOUT_APPLIED_SLOT     4096
 #define NGX_HTTP_OPTOUT_APPLIED_LEN      128
@@ -76,6 +78,7 @@ struct ngx_http_optout_applier_s {
 
     /* the thread's while busy */
     optout_mac_t                *mac;
+    ngx_http_optout_fold_t      *fold;
     ngx_str_t                    prefix;
     u_char                      *buf;
     ngx_fd_t                     fd;        /* read_fd, or opened by path */
@@ -85,6 +88,8 @@ struct ngx_http_optout_applier_s {
     uint64_t                     pass;
     ngx_uint_t                   complete;
     ngx_uint_t                   more;
+    ngx_uint_t                   frozen;    /* takes no new key */
+    off_t                        end;       /* of the journal, as read */
     off_t                        behind;
     u_char                      *err_end;
     u_char                       err[NGX_MAX_ERROR_STR];
@@ -101,10 +106,16 @@ static ngx_int_t ngx_http_optout_applier_open(ngx_http_optout_applier_t *a,
     ngx_http_optout_applied_t *rec, struct stat *cur, ngx_log_t *log);
 static void ngx_http_optout_applier_check(ngx_http_optout_applier_t *a,
     ngx_http_optout_applied_t *rec, ngx_log_t *log);
-static ngx_int_t ngx_http_optout_applier_file(ngx_http_optout_applier_t *a,
-    ngx_http_optout_applied_t *rec, ngx_log_t *log);
+static ngx_int_t ngx_http_optout_applier_fold(ngx_http_optout_applier_t *a,
+    ngx_http_optout_applied_t *rec, struct stat *cur, ngx_log_t *log);
+static ngx_int_t ngx_http_optout_applier_read(ngx_http_optout_applier_t *a,
+    ngx_fd_t fd, ngx_http_optout_applied_t *rec, ngx_log_t *log);
+static ngx_int_t ngx_http_optout_applier_ahead(ngx_http_optout_applier_t *a,
+    struct stat *cur, ngx_log_t *log);
 static ngx_int_t ngx_http_optout_applier_line(ngx_http_optout_applier_t *a,
-    u_char *line, size_t len, off_t off, ngx_log_t *log);
+    u_char *line, size_t len, off_t off, ngx_uint_t take, ngx_log_t *log);
+static ngx_int_t ngx_http_optout_applier_apply(ngx_http_optout_applier_t *a,
+    ngx_uint_t *deleted);
 static void ngx_http_optout_applier_error(ngx_http_optout_applier_t *a,
     ngx_err_t err, const char *fmt, ...);
 static void ngx_http_optout_applier_done(ngx_event_t *ev);
@@ -396,6 +407,7 @@ ngx_http_optout_applier_exit_worker(ngx_cycle_t *cycle,
     }
 
     optout_mac_destroy(a->mac);
+    ngx_http_optout_fold_destroy(a->fold);
     ngx_free(a->buf);
 }
 
@@ -455,9 +467,14 @@ ngx_http_optout_applier_post(ngx_http_optout_applier_t *a)
 
 
 /*
- * One pass: the journal from the record to its end.  After a rotation the
- * old file is finished first, and left once it has stopped growing for a
- * whole sweep (workers that did not reopen yet still append to it).
+ * One pass: the journal from the record to its end, folded into the final
+ * state of each store key, then those states written and the record moved
+ * on.  After a rotation the old file is finished first, and left once it
+ * has stopped growing for a whole sweep (workers that did not reopen yet
+ * still append to it).  A pass takes at most APPLIER_KEYS keys; the lines
+ * after the first line of a key it did not take are still read, to the
+ * journal's end, so that the keys it took end in their true final state
+ * (a delete is never applied that a later line undoes).
  */
 
 static void
@@ -465,9 +482,23 @@ ngx_http_optout_applier_thread(void *data, ngx_log_t *log)
 {
     ngx_http_optout_applier_t *a = data;
 
-    ngx_uint_t                  i;
+    ngx_int_t                   rc;
+    ngx_uint_t                  deleted;
     struct stat                 st, *cur;
     ngx_http_optout_applied_t   rec;
+
+    if (a->fold == NULL) {
+        a->fold = ngx_http_optout_fold_create(NGX_HTTP_OPTOUT_APPLIER_KEYS,
+                                              log);
+        if (a->fold == NULL) {
+            ngx_http_optout_applier_error(a, 0, "no memory for its fold");
+            return;
+        }
+    }
+
+    ngx_http_optout_fold_reset(a->fold);
+    a->frozen = 0;
+    a->end = -1;
 
     cur = (stat((char *) a->path.data, &st) == 0) ? &st : NULL;
 
@@ -489,36 +520,126 @@ ngx_http_optout_applier_thread(void *data, ngx_log_t *log)
         rec.dirty = 1;
     }
 
+    rc = ngx_http_optout_applier_fold(a, &rec, cur, log);
+
+    if (rc == NGX_ABORT) {
+        return;
+    }
+
+    if (rc == NGX_ERROR
+        || ngx_http_optout_applier_apply(a, &deleted) != NGX_OK)
+    {
+        goto failed;
+    }
+
+    if (rec.dirty
+        && ngx_http_optout_applied_write(a->record_fd, &rec) != NGX_OK)
+    {
+        ngx_http_optout_applier_error(a, ngx_errno,
+                                      "cannot save the applied offset");
+        goto failed;
+    }
+
+    /* a short pass: a worker exit waits for it to end */
+
+    a->more = a->frozen;
+    a->complete = (rc == NGX_OK && !a->frozen);
+
+    /*
+     * A live opt-out written after this pass read the journal may have
+     * been deleted by it: the next pass, at once, writes it again.
+     */
+
+    if (deleted && a->end != -1
+        && (stat((char *) a->path.data, &st) == -1
+            || !ngx_http_optout_same_file(&rec, &st)
+            || st.st_size > a->end))
+    {
+        a->more = 1;
+    }
+
+    return;
+
+failed:
+
+    /* rec has moved past the lines folded: the saved record has not */
+
+    if (a->fd != NGX_INVALID_FILE && fstat(a->fd, &st) == 0) {
+        if (ngx_http_optout_applied_read(a->record_fd, &rec) != NGX_OK
+            || !ngx_http_optout_same_file(&rec, &st))
+        {
+            rec.offset = 0;
+        }
+
+        if (st.st_size > rec.offset) {
+            a->behind = st.st_size - rec.offset;
+        }
+    }
+}
+
+
+/*
+ * The fold of the journal from the record on; the record moves past the
+ * lines taken.  NGX_OK: to the end of the journal; NGX_DONE: to the end of
+ * a rotated one; NGX_ERROR: failed; NGX_ABORT: failed, with no file.
+ */
+
+static ngx_int_t
+ngx_http_optout_applier_fold(ngx_http_optout_applier_t *a,
+    ngx_http_optout_applied_t *rec, struct stat *cur, ngx_log_t *log)
+{
+    ngx_uint_t  i;
+
     for (i = 0; i < 2; i++) {
 
-        if (ngx_http_optout_applier_open(a, &rec, cur, log) != NGX_OK
-            || ngx_http_optout_applier_file(a, &rec, log) != NGX_OK
-            || a->more)
-        {
-            return;
+        if (ngx_http_optout_applier_open(a, rec, cur, log) != NGX_OK) {
+            return NGX_ABORT;
         }
 
-        if (cur && ngx_http_optout_same_file(&rec, cur)) {
-            a->complete = 1;
-            return;
+        ngx_http_optout_applier_check(a, rec, log);
+
+        if (ngx_http_optout_applier_read(a, a->fd, rec, log) != NGX_OK) {
+            return NGX_ERROR;
         }
 
-        if (cur == NULL || a->rotated_end != rec.offset) {
-            a->rotated_end = rec.offset;
-            return;
+        if (cur && ngx_http_optout_same_file(rec, cur)) {
+            return NGX_OK;
+        }
+
+        if (cur == NULL) {
+            /* no new journal yet: the rotated one is all there is */
+
+            if (!a->frozen) {
+                a->rotated_end = rec->offset;
+            }
+
+            return NGX_DONE;
+        }
+
+        if (a->frozen || a->rotated_end != rec->offset) {
+            if (!a->frozen) {
+                a->rotated_end = rec->offset;
+            }
+
+            return ngx_http_optout_applier_ahead(a, cur, log) == NGX_OK
+                   ? NGX_DONE : NGX_ERROR;
         }
 
         ngx_log_error(NGX_LOG_NOTICE, log, 0,
                       "optout: the rotated journal is applied up to its "
                       "end (%O bytes), going on with the new \"%V\"",
-                      rec.offset, &a->path);
+                      rec->offset, &a->path);
 
-        rec.dev = (uint64_t) cur->st_dev;
-        rec.ino = (uint64_t) cur->st_ino;
-        rec.offset = 0;
-        rec.dirty = 1;
+        rec->dev = (uint64_t) cur->st_dev;
+        rec->ino = (uint64_t) cur->st_ino;
+        rec->offset = 0;
+        rec->dirty = 1;
         a->rotated_end = -1;
     }
+
+    /* not reached: the second file read is the current journal */
+
+    return NGX_DONE;
 }
 
 
@@ -618,97 +739,115 @@ ngx_http_optout_applier_check(ngx_http_optout_applier_t *a,
 }
 
 
-/* applies a->fd from the record on, and moves the record on */
+/*
+ * Folds the lines of fd from rec->offset on, and moves rec->offset past
+ * the lines it took; rec NULL: reads fd from its start and only folds the
+ * lines of keys already taken.
+ */
 
 static ngx_int_t
-ngx_http_optout_applier_file(ngx_http_optout_applier_t *a,
+ngx_http_optout_applier_read(ngx_http_optout_applier_t *a, ngx_fd_t fd,
     ngx_http_optout_applied_t *rec, ngx_log_t *log)
 {
+    off_t                    off;
     u_char                  *line;
     size_t                   len;
     ngx_int_t                rc;
-    ngx_uint_t               n;
-    struct stat              st;
     ngx_http_optout_tail_t   t;
-
-    ngx_http_optout_applier_check(a, rec, log);
 
     ngx_memzero(&t, sizeof(ngx_http_optout_tail_t));
 
-    t.fd = a->fd;
-    t.offset = rec->offset;
-    t.pos = rec->offset;
+    t.fd = fd;
+    t.offset = rec ? rec->offset : 0;
+    t.pos = t.offset;
     t.buf = a->buf;
     t.name = &a->path;
     t.log = log;
 
-    n = 0;
-
     for ( ;; ) {
+        off = t.offset;
+
         rc = ngx_http_optout_tail_next(&t, &line, &len);
-
-        if (rc == NGX_OK) {
-            rc = ngx_http_optout_applier_line(a, line, len, rec->offset, log);
-        }
-
         if (rc != NGX_OK) {
             break;
         }
 
+        if (rec == NULL || a->frozen) {
+            (void) ngx_http_optout_applier_line(a, line, len, off, 0, log);
+            continue;
+        }
+
+        if (ngx_http_optout_applier_line(a, line, len, off, 1, log)
+            == NGX_DECLINED)
+        {
+            /* this line and the ones after it are the next pass's */
+            a->frozen = 1;
+            continue;
+        }
+
         rec->offset = t.offset;
         rec->dirty = 1;
-
-        if (n + 1 == NGX_HTTP_OPTOUT_APPLIER_LINES) {
-            /* a short pass: a worker exit waits for it to end */
-            a->more = 1;
-            rc = NGX_DONE;
-            break;
-        }
-
-        if (++n % NGX_HTTP_OPTOUT_APPLIER_SAVE == 0
-            && ngx_http_optout_applied_write(a->record_fd, rec) != NGX_OK)
-        {
-            ngx_http_optout_applier_error(a, ngx_errno,
-                                          "cannot save the applied offset");
-            return NGX_ERROR;
-        }
-    }
-
-    if (rc == NGX_ERROR && a->err_end == a->err) {
-        ngx_http_optout_applier_error(a, ngx_errno, "pread(\"%V\") failed",
-                                      &a->path);
-    }
-
-    if (rec->dirty
-        && ngx_http_optout_applied_write(a->record_fd, rec) != NGX_OK)
-    {
-        if (rc == NGX_DONE) {
-            ngx_http_optout_applier_error(a, ngx_errno,
-                                          "cannot save the applied offset");
-        }
-
-        return NGX_ERROR;
     }
 
     if (rc == NGX_ERROR) {
-        if (fstat(a->fd, &st) == 0 && st.st_size > rec->offset) {
-            a->behind = st.st_size - rec->offset;
-        }
-
+        ngx_http_optout_applier_error(a, ngx_errno, "pread(\"%V\") failed",
+                                      &a->path);
         return NGX_ERROR;
     }
+
+    a->end = t.pos;
 
     return NGX_OK;
 }
 
 
+/* the new journal after a rotated one that is not finished: read ahead */
+
+static ngx_int_t
+ngx_http_optout_applier_ahead(ngx_http_optout_applier_t *a,
+    struct stat *cur, ngx_log_t *log)
+{
+    ngx_fd_t     fd;
+    ngx_int_t    rc;
+    struct stat  st;
+
+    fd = ngx_open_file(a->path.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+
+    if (fd == NGX_INVALID_FILE) {
+        ngx_http_optout_applier_error(a, ngx_errno,
+                                      ngx_open_file_n " \"%V\" failed",
+                                      &a->path);
+        return NGX_ERROR;
+    }
+
+    if (fstat(fd, &st) == -1
+        || st.st_dev != cur->st_dev || st.st_ino != cur->st_ino)
+    {
+        (void) ngx_close_file(fd);
+        ngx_http_optout_applier_error(a, 0, "journal \"%V\" was replaced "
+                                      "while it was opened", &a->path);
+        return NGX_ERROR;
+    }
+
+    rc = ngx_http_optout_applier_read(a, fd, NULL, log);
+
+    (void) ngx_close_file(fd);
+
+    return rc;
+}
+
+
+/*
+ * One line folded.  "take": a key not seen yet takes an entry, and a line
+ * that cannot be applied is logged.  NGX_DECLINED: the fold is full.
+ */
+
 static ngx_int_t
 ngx_http_optout_applier_line(ngx_http_optout_applier_t *a, u_char *line,
-    size_t len, off_t off, ngx_log_t *log)
+    size_t len, off_t off, ngx_uint_t take, ngx_log_t *log)
 {
     int                      rc;
-    size_t                   key_len, value_len;
-    const char              *err;
+    size_t                   key_len;
     optout_journal_entry_t   e;
     char                     reason[128];
     u_char                   key[OPTOUT_STORE_KEY_MAX + 1];
@@ -721,30 +860,71 @@ ngx_http_optout_applier_line(ngx_http_optout_applier_t *a, u_char *line,
     if (optout_journal_parse((char *) line, len, &e, reason, sizeof(reason))
         != OPTOUT_OK)
     {
-        ngx_log_error(NGX_LOG_ERR, log, 0,
-                      "optout: journal \"%V\", line at byte %O skipped: %s",
-                      &a->path, off, reason);
+        if (take) {
+            ngx_log_error(NGX_LOG_ERR, log, 0,
+                          "optout: journal \"%V\", line at byte %O skipped: "
+                          "%s", &a->path, off, reason);
+        }
+
         return NGX_OK;
     }
 
     rc = optout_journal_key(&e, a->mac, (char *) a->prefix.data,
                             a->prefix.len, (char *) key, &key_len);
 
-    value_len = e.optin ? 0 : optout_rule_format(&e.rule, (char *) value);
+    if (rc != OPTOUT_OK
+        || (!e.optin && optout_rule_format(&e.rule, (char *) value) == 0))
+    {
+        if (take) {
+            ngx_log_error(NGX_LOG_ERR, log, 0,
+                          "optout: journal \"%V\", line at byte %O skipped: "
+                          "cannot derive its store key or value",
+                          &a->path, off);
+        }
 
-    if (rc != OPTOUT_OK || (!e.optin && value_len == 0)) {
-        ngx_log_error(NGX_LOG_ERR, log, 0,
-                      "optout: journal \"%V\", line at byte %O skipped: "
-                      "cannot derive its store key or value", &a->path, off);
         return NGX_OK;
     }
 
-    err = ngx_http_optout_store_apply(a->store, e.optin, key, key_len, value,
-                                      value_len);
-    if (err) {
-        ngx_http_optout_applier_error(a, 0, "memcached %s failed: %s",
-                                      e.optin ? "delete" : "add", err);
-        return NGX_ERROR;
+    rc = ngx_http_optout_fold_line(a->fold, key, key_len, e.optin, &e.rule,
+                                   take);
+
+    return (rc == NGX_DECLINED && take) ? NGX_DECLINED : NGX_OK;
+}
+
+
+/* the final states of the fold, written; *deleted: how many deletes */
+
+static ngx_int_t
+ngx_http_optout_applier_apply(ngx_http_optout_applier_t *a,
+    ngx_uint_t *deleted)
+{
+    size_t                         value_len;
+    ngx_uint_t                     i;
+    const char                    *err;
+    ngx_http_optout_fold_entry_t  *e;
+    u_char                         value[OPTOUT_VALUE_MAX + 1];
+
+    static const char  *ops[] = { "add", "delete", "set" };
+
+    *deleted = 0;
+
+    for (i = 0; i < a->fold->n; i++) {
+        e = &a->fold->entries[i];
+
+        value_len = (e->op == NGX_HTTP_OPTOUT_STORE_DELETE)
+                    ? 0 : optout_rule_format(&e->rule, (char *) value);
+
+        err = ngx_http_optout_store_apply(a->store, e->op, e->key,
+                                          e->key_len, value, value_len);
+        if (err) {
+            ngx_http_optout_applier_error(a, 0, "memcached %s failed: %s",
+                                          ops[e->op], err);
+            return NGX_ERROR;
+        }
+
+        if (e->op == NGX_HTTP_OPTOUT_STORE_DELETE) {
+            (*deleted)++;
+        }
     }
 
     return NGX_OK;

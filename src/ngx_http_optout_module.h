@@ -321,6 +321,11 @@ ngx_int_t ngx_http_optout_page_send(ngx_http_request_t *r,
     ngx_http_optout_tpl_t *tpl, ngx_http_optout_ctx_t *ctx);
 
 /* ngx_http_optout_store.c */
+#define NGX_HTTP_OPTOUT_STORE_ADD     0
+#define NGX_HTTP_OPTOUT_STORE_DELETE  1
+#define NGX_HTTP_OPTOUT_STORE_SET     2
+
+
 char *ngx_http_optout_store_conf(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 ngx_int_t ngx_http_optout_store_init_worker(ngx_cycle_t *cycle,
@@ -337,7 +342,7 @@ ngx_int_t ngx_http_optout_store_write(ngx_http_request_t *r,
     ngx_http_optout_store_t *store, ngx_http_optout_change_t *changes,
     ngx_uint_t n, ngx_http_optout_waiter_t *w);
 const char *ngx_http_optout_store_apply(ngx_http_optout_store_t *store,
-    ngx_uint_t optin, u_char *key, size_t key_len, u_char *value,
+    ngx_uint_t op, u_char *key, size_t key_len, u_char *value,
     size_t value_len);
 
 /* ngx_http_optout_journal.c */

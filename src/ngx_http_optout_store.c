@@ -810,13 +810,14 @@ ngx_http_optout_mget_answer(ngx_http_optout_mget_t *mg, ngx_uint_t i)
 
 
 /*
- * In a thread: one journal record applied to memcached, "add" for an
- * opt-out (the campaign of the first opt-out is kept) and "delete" for an
- * opt-in.  Returns NULL, or why it failed.
+ * In a thread: one rule written to memcached, "add" for an opt-out (the
+ * campaign of the first opt-out is kept), "delete" for an opt-in, "set"
+ * for the journal applier's opt-out that follows an opt-in.  Returns NULL,
+ * or why it failed.
  */
 
 const char *
-ngx_http_optout_store_apply(ngx_http_optout_store_t *store, ngx_uint_t optin,
+ngx_http_optout_store_apply(ngx_http_optout_store_t *store, ngx_uint_t op,
     u_char *key, size_t key_len, u_char *value, size_t value_len)
 {
     memcached_st        *mc;
@@ -828,10 +829,18 @@ ngx_http_optout_store_apply(ngx_http_optout_store_t *store, ngx_uint_t optin,
                                         ? MEMCACHED_FAILURE : rc);
     }
 
-    if (optin) {
-        rc = memcached_delete(mc, (char *) key, key_len, 0);
+    switch (op) {
 
-    } else {
+    case NGX_HTTP_OPTOUT_STORE_DELETE:
+        rc = memcached_delete(mc, (char *) key, key_len, 0);
+        break;
+
+    case NGX_HTTP_OPTOUT_STORE_SET:
+        rc = memcached_set(mc, (char *) key, key_len, (char *) value,
+                           value_len, 0, 0);
+        break;
+
+    default: /* NGX_HTTP_OPTOUT_STORE_ADD */
         rc = memcached_add(mc, (char *) key, key_len, (char *) value,
                            value_len, 0, 0);
     }
@@ -1018,8 +1027,9 @@ ngx_http_optout_store_write_thread(void *data, ngx_log_t *log)
             continue;
         }
 
-        err = ngx_http_optout_store_apply(ctx->store, 1, ch->key,
-                                          ch->key_len, NULL, 0);
+        err = ngx_http_optout_store_apply(ctx->store,
+                                          NGX_HTTP_OPTOUT_STORE_DELETE,
+                                          ch->key, ch->key_len, NULL, 0);
         if (err) {
             ctx->error = err;
             continue;
@@ -1042,8 +1052,9 @@ ngx_http_optout_store_write_thread(void *data, ngx_log_t *log)
 
         len = optout_rule_format(&ch->rule, (char *) value);
 
-        err = ngx_http_optout_store_apply(ctx->store, 0, ch->key,
-                                          ch->key_len, value, len);
+        err = ngx_http_optout_store_apply(ctx->store,
+                                          NGX_HTTP_OPTOUT_STORE_ADD,
+                                          ch->key, ch->key_len, value, len);
         if (err) {
             ctx->error = err;
             continue;
