@@ -17,11 +17,16 @@ typedef struct {
     size_t                          *lens;
     u_char                          *found;
     optout_rule_t                   *rules;
+    u_char                          *pending;   /* in the pending set */
+    optout_rule_t                   *prules;
+    ngx_uint_t                       busy;      /* that set overflowed */
 } ngx_http_optout_batch_keys_t;
 
 
 static ngx_int_t ngx_http_optout_batch_keys(ngx_http_optout_batch_ctx_t *bc,
     ngx_http_optout_batch_list_t *list, ngx_http_optout_batch_dest_t *dests,
+    ngx_http_optout_batch_keys_t *k);
+static void ngx_http_optout_batch_pending(ngx_http_optout_batch_ctx_t *bc,
     ngx_http_optout_batch_keys_t *k);
 static ngx_int_t ngx_http_optout_batch_mget(ngx_http_optout_batch_ctx_t *bc,
     ngx_http_optout_batch_keys_t *k);
@@ -65,6 +70,13 @@ ngx_http_optout_batch_lookup(ngx_http_optout_batch_ctx_t *bc,
                                    "Key derivation failed.");
         goto failed;
     }
+
+    /*
+     * the pending set is read before the store: an opt-out it lets go of
+     * meanwhile is already in memcached when the store is asked
+     */
+
+    ngx_http_optout_batch_pending(bc, &k);
 
     if (ngx_http_optout_batch_mget(bc, &k) != NGX_OK) {
         goto failed;
@@ -130,9 +142,12 @@ ngx_http_optout_batch_keys(ngx_http_optout_batch_ctx_t *bc,
     k->lens = malloc(max * sizeof(size_t));
     k->found = malloc(max);
     k->rules = malloc(max * sizeof(optout_rule_t));
+    k->pending = malloc(max);
+    k->prules = malloc(max * sizeof(optout_rule_t));
 
     if (k->keybuf == NULL || k->keys == NULL || k->lens == NULL
-        || k->found == NULL || k->rules == NULL)
+        || k->found == NULL || k->rules == NULL || k->pending == NULL
+        || k->prules == NULL)
     {
         return NGX_ERROR;
     }
@@ -171,6 +186,28 @@ ngx_http_optout_batch_keys(ngx_http_optout_batch_ctx_t *bc,
     }
 
     return NGX_OK;
+}
+
+
+/* which keys are recorded on this node but maybe not yet in memcached */
+
+static void
+ngx_http_optout_batch_pending(ngx_http_optout_batch_ctx_t *bc,
+    ngx_http_optout_batch_keys_t *k)
+{
+    ngx_int_t   rc;
+    ngx_uint_t  i;
+
+    for (i = 0; i < k->nkeys; i++) {
+        rc = ngx_http_optout_pending_find(bc->pending, (u_char *) k->keys[i],
+                                          k->lens[i], &k->prules[i]);
+
+        k->pending[i] = (rc == NGX_OK);
+
+        if (rc == NGX_BUSY) {
+            k->busy = 1;
+        }
+    }
 }
 
 
@@ -226,7 +263,6 @@ ngx_http_optout_batch_verdict(ngx_http_optout_batch_ctx_t *bc,
     ngx_http_optout_batch_dest_t *d, ngx_http_optout_batch_keys_t *k,
     ngx_uint_t key)
 {
-    ngx_int_t   rc, busy;
     ngx_uint_t  s;
 
     for (s = 0; s < k->per; s++) {
@@ -238,28 +274,20 @@ ngx_http_optout_batch_verdict(ngx_http_optout_batch_ctx_t *bc,
         }
     }
 
-    busy = 0;
-
     for (s = 0; s < k->per; s++) {
-        rc = ngx_http_optout_pending_find(bc->pending,
-                                          (u_char *) k->keys[key + s],
-                                          k->lens[key + s], &d->rule);
-        if (rc == NGX_OK) {
+        if (k->pending[key + s]) {
             d->status = NGX_HTTP_OPTOUT_STATUS_BLOCKED;
             d->scope = s ? "sender" : "account";
+            d->rule = k->prules[key + s];
             return NGX_OK;
-        }
-
-        if (rc == NGX_BUSY) {
-            busy = 1;
         }
     }
 
-    if (busy && !bc->open) {
+    if (k->busy && !bc->open) {
         return NGX_BUSY;
     }
 
-    if (busy) {
+    if (k->busy) {
         bc->unverified = 1;
     }
 
@@ -277,4 +305,6 @@ ngx_http_optout_batch_keys_free(ngx_http_optout_batch_keys_t *k)
     free(k->lens);
     free(k->found);
     free(k->rules);
+    free(k->pending);
+    free(k->prules);
 }

@@ -167,9 +167,18 @@ ngx_http_optout_check_handler(ngx_http_request_t *r)
         return ngx_http_optout_check_respond(r, ctx);
     }
 
-    if (ngx_http_optout_check_pending(omcf, ctx) == NGX_OK) {
+    /*
+     * the pending set is read before the store: an opt-out it lets go of
+     * meanwhile is already in memcached when the store is asked
+     */
+
+    rc = ngx_http_optout_check_pending(omcf, ctx);
+
+    if (rc == NGX_OK) {
         return ngx_http_optout_check_respond(r, ctx);
     }
+
+    ctx->pending_busy = (rc == NGX_BUSY);
 
     lk = &ctx->lookup;
 
@@ -416,14 +425,23 @@ ngx_http_optout_check_allowed(ngx_http_optout_main_conf_t *omcf,
     case NGX_OK:
         break;
 
+    case NGX_DECLINED:
+        if (!ctx->pending_busy) {
+            ctx->status = NGX_HTTP_OPTOUT_STATUS_ALLOWED;
+            break;
+        }
+
+        /* fall through */
+
     case NGX_BUSY:
         ctx->status = NGX_HTTP_OPTOUT_STATUS_UNAVAILABLE;
         ctx->reason = "too many opt-outs recorded on this node are not "
                       "yet known to be in memcached";
         break;
 
-    default:
-        ctx->status = NGX_HTTP_OPTOUT_STATUS_ALLOWED;
+    default: /* NGX_ERROR cannot happen */
+        ctx->status = NGX_HTTP_OPTOUT_STATUS_UNAVAILABLE;
+        ctx->reason = "the pending set cannot be read";
     }
 }
 

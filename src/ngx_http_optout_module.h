@@ -244,6 +244,7 @@ typedef struct {
     /* the send-time check */
     ngx_uint_t                   status;
     ngx_uint_t                   rule_sender;   /* the rule is per sender */
+    ngx_uint_t                   pending_busy;  /* overflowed before */
     optout_rule_t                rule;
     ngx_http_optout_lookup_t     lookup;
     ngx_event_t                  timeout;
