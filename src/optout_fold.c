@@ -12,15 +12,19 @@
  */
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <jansson.h>
 
 #include "optout_fold.h"
 
 
 #define OPTOUT_FOLD_BLOCK    (1024 * 1024)
 #define OPTOUT_FOLD_BUCKETS  1024
+#define OPTOUT_ARENA_SIZE    (64 * 1024)
 
 
 typedef struct {
@@ -61,6 +65,8 @@ struct optout_fold_s {
 };
 
 
+static void *optout_arena_malloc(size_t size);
+static void optout_arena_free(void *p);
 static int optout_stream_read(optout_merge_t *m, optout_stream_t *s,
     char *err, size_t err_len);
 static int optout_stream_less(const optout_stream_t *a,
@@ -69,6 +75,46 @@ static void optout_merge_down(optout_merge_t *m, size_t i);
 static void *optout_fold_alloc(optout_fold_t *f, size_t size);
 static int optout_fold_grow(optout_fold_t *f);
 static int optout_fold_item_cmp(const void *a, const void *b);
+
+
+/*
+ * jansson's values of one journal line live in a bump arena, emptied
+ * after the line: a line's dozen keys and strings cost no malloc and no
+ * free.  What does not fit, and every other jansson value, uses malloc.
+ */
+
+static unsigned char  optout_arena[OPTOUT_ARENA_SIZE];
+static size_t         optout_arena_used;
+static unsigned       optout_arena_on;
+
+
+static void *
+optout_arena_malloc(size_t size)
+{
+    void  *p;
+
+    size = (size + 15) & ~(size_t) 15;
+
+    if (!optout_arena_on || OPTOUT_ARENA_SIZE - optout_arena_used < size) {
+        return malloc(size);
+    }
+
+    p = optout_arena + optout_arena_used;
+    optout_arena_used += size;
+
+    return p;
+}
+
+
+static void
+optout_arena_free(void *p)
+{
+    if ((uintptr_t) p - (uintptr_t) optout_arena < OPTOUT_ARENA_SIZE) {
+        return;
+    }
+
+    free(p);
+}
 
 
 optout_merge_t *
@@ -96,6 +142,8 @@ optout_merge_create(char *const *names, size_t n, optout_merge_skip_pt skip,
 
     m->skip = skip;
     m->data = data;
+
+    json_set_alloc_funcs(optout_arena_malloc, optout_arena_free);
 
     for (i = 0; i < n; i++) {
         s = &m->streams[i];
@@ -139,6 +187,7 @@ static int
 optout_stream_read(optout_merge_t *m, optout_stream_t *s, char *err,
     size_t err_len)
 {
+    int      rc;
     char     reason[256];
     size_t   len;
     ssize_t  n;
@@ -158,10 +207,13 @@ optout_stream_read(optout_merge_t *m, optout_stream_t *s, char *err,
 
         reason[0] = '\0';
 
-        if (optout_journal_parse(s->buf, len, &s->cur.e, reason,
-                                 sizeof(reason))
-            != OPTOUT_OK)
-        {
+        optout_arena_on = 1;
+        rc = optout_journal_parse(s->buf, len, &s->cur.e, reason,
+                                  sizeof(reason));
+        optout_arena_on = 0;
+        optout_arena_used = 0;
+
+        if (rc != OPTOUT_OK) {
             m->skipped++;
 
             if (m->skip) {
@@ -504,7 +556,7 @@ optout_fold_item_cmp(const void *a, const void *b)
 
 
 optout_fold_item_t **
-optout_fold_sorted(optout_fold_t *f, size_t *n)
+optout_fold_items(optout_fold_t *f, size_t *n)
 {
     size_t                i, k;
     optout_fold_item_t   *it, **all;
@@ -522,9 +574,22 @@ optout_fold_sorted(optout_fold_t *f, size_t *n)
         }
     }
 
-    qsort(all, k, sizeof(optout_fold_item_t *), optout_fold_item_cmp);
-
     *n = k;
+
+    return all;
+}
+
+
+optout_fold_item_t **
+optout_fold_sorted(optout_fold_t *f, size_t *n)
+{
+    optout_fold_item_t  **all;
+
+    all = optout_fold_items(f, n);
+
+    if (all != NULL) {
+        qsort(all, *n, sizeof(optout_fold_item_t *), optout_fold_item_cmp);
+    }
 
     return all;
 }

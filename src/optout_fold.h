@@ -72,6 +72,8 @@ optout_fold_t *optout_fold_create(void);
 optout_fold_item_t *optout_fold_apply(optout_fold_t *f,
     const optout_journal_entry_t *e, unsigned *before);
 size_t optout_fold_count(optout_fold_t *f);
+/* every item, in no order */
+optout_fold_item_t **optout_fold_items(optout_fold_t *f, size_t *n);
 /* every item, by namespace, destination, account before senders */
 optout_fold_item_t **optout_fold_sorted(optout_fold_t *f, size_t *n);
 void optout_fold_destroy(optout_fold_t *f);

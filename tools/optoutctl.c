@@ -1741,7 +1741,9 @@ octl_replay(int argc, char **argv)
         goto done;
     }
 
-    items = optout_fold_sorted(fold, &n);
+    /* memcached needs no order: the sort is export's */
+
+    items = optout_fold_items(fold, &n);
     if (items == NULL) {
         octl_error("out of memory");
         goto done;
