@@ -42,6 +42,7 @@ struct optout_merge_s {
     size_t                   n;                /* streams in the heap */
     optout_stream_t         *last;             /* handed out, to refill */
     uint64_t                 lines;
+    uint64_t                 bytes;
     uint64_t                 skipped;
     optout_merge_skip_pt     skip;
     void                    *data;
@@ -194,6 +195,7 @@ optout_stream_read(optout_merge_t *m, optout_stream_t *s, char *err,
 
     while ((n = getline(&s->buf, &s->cap, s->fp)) != -1) {
         m->lines++;
+        m->bytes += (uint64_t) n;
         s->cur.lineno++;
         len = (size_t) n;
 
@@ -337,6 +339,13 @@ uint64_t
 optout_merge_lines(optout_merge_t *m)
 {
     return m->lines;
+}
+
+
+uint64_t
+optout_merge_bytes(optout_merge_t *m)
+{
+    return m->bytes;
 }
 
 

@@ -59,6 +59,8 @@ optout_merge_t *optout_merge_create(char *const *names, size_t n,
 int optout_merge_next(optout_merge_t *m, const optout_merge_line_t **out,
     char *err, size_t err_len);
 uint64_t optout_merge_lines(optout_merge_t *m);
+/* bytes read so far, over all journals */
+uint64_t optout_merge_bytes(optout_merge_t *m);
 uint64_t optout_merge_skipped(optout_merge_t *m);
 void optout_merge_destroy(optout_merge_t *m);
 

@@ -123,6 +123,16 @@ typedef struct {
 } octl_report_t;
 
 
+/* a progress bar on stderr, when stderr is a terminal */
+typedef struct {
+    unsigned        on;
+    const char     *what;                     /* "replay", "import" */
+    const char     *unit;                     /* "lines", "rules" */
+    double          start;
+    uint64_t        size;                     /* bytes to read, 0: unknown */
+} octl_bar_t;
+
+
 typedef struct {
     CURL           *curl;
     json_t         *chunk;                    /* items of one request */
@@ -130,7 +140,7 @@ typedef struct {
     size_t          max;
     const char     *name;
     unsigned        ndjson;
-    unsigned        bar;                      /* progress bar on stderr */
+    octl_bar_t      bar;
     char            ns[OPTOUT_NAMESPACE_MAX + 1];
     const char     *columns[OCTL_COLUMNS_MAX];
     size_t          ncolumns;
@@ -1537,11 +1547,90 @@ done:
 }
 
 
+/* progress: done units, their rate, and the time left by bytes read */
+
+static double
+octl_now(void)
+{
+    struct timespec  ts;
+
+    (void) clock_gettime(CLOCK_MONOTONIC, &ts);
+
+    return (double) ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+
+static void
+octl_bar_init(octl_bar_t *bar, const char *what, const char *unit,
+    uint64_t size)
+{
+    bar->on = isatty(STDERR_FILENO);
+    bar->what = what;
+    bar->unit = unit;
+    bar->size = size;
+    bar->start = octl_now();
+}
+
+
+static void
+octl_bar_show(octl_bar_t *bar, uint64_t done, uint64_t pos)
+{
+    int     i, w;
+    double  f, dt;
+
+    if (!bar->on) {
+        return;
+    }
+
+    dt = octl_now() - bar->start;
+    fprintf(stderr, "\r\033[K%s ", bar->what);
+
+    f = 0;
+
+    if (bar->size > 0) {
+        f = (double) pos / (double) bar->size;
+        f = f > 1 ? 1 : f;
+        w = (int) (f * 30);
+
+        fputc('[', stderr);
+
+        for (i = 0; i < 30; i++) {
+            fputc(i < w ? '#' : '.', stderr);
+        }
+
+        fprintf(stderr, "] %3d%% ", (int) (f * 100));
+    }
+
+    fprintf(stderr, "%" PRIu64 " %s", done, bar->unit);
+
+    if (dt > 0.2) {
+        fprintf(stderr, ", %.0f/s", (double) done / dt);
+
+        if (f > 0.01 && f < 1) {
+            fprintf(stderr, ", ETA %.0f s", dt * (1 - f) / f);
+        }
+    }
+
+    fflush(stderr);
+}
+
+
+static void
+octl_bar_clear(octl_bar_t *bar)
+{
+    if (bar->on) {
+        fputs("\r\033[K", stderr);
+        fflush(stderr);
+    }
+}
+
+
 /* journals merged and folded: replay, export, report */
 
 static void
 octl_skip(void *data, const char *name, uint64_t lineno, const char *reason)
 {
+    octl_bar_clear(data);
     octl_error("%s:%" PRIu64 ": skipped: %s", name, lineno, reason);
 }
 
@@ -1552,18 +1641,35 @@ octl_skip(void *data, const char *name, uint64_t lineno, const char *reason)
  */
 
 static optout_fold_t *
-octl_fold(char **names, size_t n, octl_fold_pt cb, void *data,
-    uint64_t *lines, uint64_t *skipped)
+octl_fold(char **names, size_t n, const char *what, octl_fold_pt cb,
+    void *data, uint64_t *lines, uint64_t *skipped)
 {
     int                         rc;
     char                        err[512];
+    size_t                      i;
+    uint64_t                    size;
     unsigned                    before;
+    octl_bar_t                  bar;
+    struct stat                 st;
     optout_fold_t              *fold;
     optout_merge_t             *merge;
     optout_fold_item_t         *it;
     const optout_merge_line_t  *l;
 
-    merge = optout_merge_create(names, n, octl_skip, NULL, err, sizeof(err));
+    size = 0;
+
+    for (i = 0; i < n; i++) {
+        if (stat(names[i], &st) != 0 || !S_ISREG(st.st_mode)) {
+            size = 0;
+            break;
+        }
+
+        size += (uint64_t) st.st_size;
+    }
+
+    octl_bar_init(&bar, what, "lines", size);
+
+    merge = optout_merge_create(names, n, octl_skip, &bar, err, sizeof(err));
     if (merge == NULL) {
         octl_error("%s", err);
         return NULL;
@@ -1587,7 +1693,14 @@ octl_fold(char **names, size_t n, octl_fold_pt cb, void *data,
         if (cb != NULL) {
             cb(data, l, it, before);
         }
+
+        if ((l->lineno & 0xffff) == 0) {
+            octl_bar_show(&bar, optout_merge_lines(merge),
+                          optout_merge_bytes(merge));
+        }
     }
+
+    octl_bar_clear(&bar);
 
     if (rc == -1) {
         octl_error("%s", err);
@@ -1735,8 +1848,8 @@ octl_replay(int argc, char **argv)
     rc = OCTL_EXIT_ERROR;
     items = NULL;
 
-    fold = octl_fold(argv + optind, argc - optind, NULL, NULL, &lines,
-                     &skipped);
+    fold = octl_fold(argv + optind, argc - optind, "replay", NULL, NULL,
+                     &lines, &skipped);
     if (fold == NULL) {
         goto done;
     }
@@ -1957,8 +2070,8 @@ octl_export(int argc, char **argv)
         return octl_usage_error("export", "missing JOURNAL");
     }
 
-    fold = octl_fold(argv + optind, argc - optind, NULL, NULL, &lines,
-                     &skipped);
+    fold = octl_fold(argv + optind, argc - optind, "export", NULL, NULL,
+                     &lines, &skipped);
     if (fold == NULL) {
         return OCTL_EXIT_ERROR;
     }
@@ -2390,8 +2503,8 @@ octl_report(int argc, char **argv)
 
     rc = OCTL_EXIT_ERROR;
 
-    fold = octl_fold(argv + optind, argc - optind, octl_report_line, &ctx,
-                     &lines, &skipped);
+    fold = octl_fold(argv + optind, argc - optind, "report",
+                     octl_report_line, &ctx, &lines, &skipped);
     if (fold == NULL) {
         goto done;
     }
@@ -2478,7 +2591,7 @@ octl_import_msg(octl_import_t *ctx, const char *fmt, ...)
 
     fflush(stdout);
 
-    if (ctx->bar) {
+    if (ctx->bar.on) {
         fputs("\r\033[K", stderr);
     }
 
@@ -2495,35 +2608,8 @@ octl_import_msg(octl_import_t *ctx, const char *fmt, ...)
 static void
 octl_import_bar(octl_import_t *ctx)
 {
-    int       i, w;
-    double    f;
-    uint64_t  done;
-
-    if (!ctx->bar) {
-        return;
-    }
-
-    done = ctx->added + ctx->present + ctx->invalid;
-
-    if (ctx->size > 0) {
-        f = (double) ctx->pos / (double) ctx->size;
-        f = f > 1 ? 1 : f;
-        w = (int) (f * 30);
-
-        fputs("\rimport [", stderr);
-
-        for (i = 0; i < 30; i++) {
-            fputc(i < w ? '#' : '.', stderr);
-        }
-
-        fprintf(stderr, "] %3d%% %" PRIu64 " rules", (int) (f * 100),
-                done);
-
-    } else {
-        fprintf(stderr, "\rimport: %" PRIu64 " rules", done);
-    }
-
-    fflush(stderr);
+    octl_bar_show(&ctx->bar, ctx->added + ctx->present + ctx->invalid,
+                  ctx->pos);
 }
 
 
@@ -3128,7 +3214,7 @@ octl_import(int argc, char **argv)
         ctx.size = (uint64_t) st.st_size;
     }
 
-    ctx.bar = isatty(STDERR_FILENO);
+    octl_bar_init(&ctx.bar, "import", "rules", ctx.size);
     memcpy(ctx.columns, csv_columns, sizeof(csv_columns));
     ctx.ncolumns = 4;
 
@@ -3180,9 +3266,7 @@ octl_import(int argc, char **argv)
                         "already added are then answered \"present\"");
     }
 
-    if (ctx.bar) {
-        fputs("\r\033[K", stderr);
-    }
+    octl_bar_clear(&ctx.bar);
 
     printf("imported %" PRIu64 " rules: %" PRIu64 " added, %" PRIu64
            " already present, %" PRIu64 " invalid, %" PRIu64 " not "
