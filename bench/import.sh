@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# optoutctl export and import at scale (issue 7):
+# optoutctl export, replay and import at scale (issues 7 and 9):
 #   export: a journal of LINES lines (default 1,000,000) folded into rules
-#   import: those rules sent to the management API (optout_api), and the
-#           API's own journal exported again (same number of rules)
-# Targets: export of 1,000,000 lines in a few seconds; import >= 50,000
-# rules/s on 2 cores.  Without optout_api in the built module, only the
-# export is measured.
+#   replay: the same journal into an emptied memcached
+#   import: those rules sent to the management API (optout_api), 4 then 1
+#           request in flight, and the API's own journal exported again
+#           (same number of rules)
+# Each next to the previous approach as a ratio: export and replay by the
+# optoutctl of BASE (default d2ce925, built aside), import by --parallel 1.
+# Targets: export of 1,000,000 lines in a few seconds; replay >= 300,000
+# lines/s; import >= 50,000 rules/s on 2 cores.  Without optout_api in the
+# built module, import is not measured.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -30,19 +34,74 @@ perl -e '
 now() { date +%s.%N; }
 rate() { awk -v n="$1" -v a="$2" -v b="$3" \
              'BEGIN { printf "%.2f s, %.0f/s", b - a, n / (b - a) }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
+flush() {
+    exec 3<>"/dev/tcp/127.0.0.1/$mc_port"
+    printf 'flush_all\r\n' >&3
+    head -c 4 <&3 >/dev/null
+    exec 3<&-
+}
 
-a=$(now)
-"$root/build/optoutctl" export "$prefix/journal.log" > "$prefix/rules.ndjson"
-b=$(now)
+# the previous optoutctl (BASE, default the commit before the speed work),
+# built aside for the ratios; skipped when it cannot be built
+BASE=${BASE:-d2ce925}
+old=""
+if git -C "$root" archive "$BASE" 2>/dev/null | (mkdir -p "$prefix/old" &&
+       tar -x -C "$prefix/old") &&
+   make -C "$prefix/old" build/optoutctl >/dev/null 2>&1; then
+    old="$prefix/old/build/optoutctl"
+fi
+
+# export: wall seconds of one run of $1 (an optoutctl)
+export_time() {
+    local a b
+    a=$(now)
+    "$1" export "$prefix/journal.log" > "$prefix/rules.ndjson"
+    b=$(now)
+    awk -v a="$a" -v b="$b" 'BEGIN { printf "%.3f", b - a }'
+}
+
+# replay into an emptied store: wall seconds of one run of $1
+replay_time() {
+    local a b
+    flush
+    a=$(now)
+    "$1" replay --store "--SERVER=127.0.0.1:$mc_port" \
+        --store-secret "$prefix/conf/store.key" "$prefix/journal.log" \
+        > "$prefix/replay.out"
+    b=$(now)
+    awk -v a="$a" -v b="$b" 'BEGIN { printf "%.3f", b - a }'
+}
+
+lps() { awk -v n="$LINES" -v t="$1" 'BEGIN { printf "%.0f", n / t }'; }
+
+t=$(export_time "$root/build/optoutctl")
 rules=$(wc -l < "$prefix/rules.ndjson")
-echo "export: $LINES journal lines -> $rules rules" \
-     "in $(rate "$LINES" "$a" "$b")"
+echo "export: $LINES journal lines -> $rules rules in $t s," \
+     "$(lps "$t") lines/s"
+if [ -n "$old" ]; then
+    t0=$(export_time "$old")
+    echo "export before ($BASE): $t0 s, $(lps "$t0") lines/s;" \
+         "now $(ratio "$t0" "$t")"
+    "$root/build/optoutctl" export "$prefix/journal.log" \
+        > "$prefix/rules.ndjson"
+fi
 
 a=$(now)
 "$root/build/optoutctl" export --format csv "$prefix/journal.log" \
     > "$prefix/rules.csv"
 b=$(now)
 echo "export --format csv: $(rate "$LINES" "$a" "$b")"
+
+TIMEFORMAT="optoutctl replay CPU: %U s user, %S s system, %R s wall"
+time t=$(replay_time "$root/build/optoutctl")
+echo "replay: $LINES lines into an emptied memcached in $t s," \
+     "$(lps "$t") lines/s (target 300,000/s): $(cat "$prefix/replay.out")"
+if [ -n "$old" ]; then
+    t0=$(replay_time "$old")
+    echo "replay before ($BASE): $t0 s, $(lps "$t0") lines/s;" \
+         "now $(ratio "$t0" "$t")"
+fi
 
 cat > "$prefix/conf/probe.conf" <<CONF
 load_module $root/build/ngx_http_optout_module.so;
@@ -66,17 +125,36 @@ bench_nginx "
         }
     }"
 
-# seed the store (markers), as for production
-"$root/build/optoutctl" replay --store "--SERVER=127.0.0.1:$mc_port" \
-    --store-secret "$prefix/conf/store.key" /dev/null > /dev/null
+# an emptied store, seeded (markers) as for production
+seed() {
+    flush
+    "$root/build/optoutctl" replay --store "--SERVER=127.0.0.1:$mc_port" \
+        --store-secret "$prefix/conf/store.key" /dev/null > /dev/null
+}
+seed
 
 # the client's own CPU time tells whether optoutctl or the API is the limit
 TIMEFORMAT="optoutctl import CPU: %U s user, %S s system, %R s wall"
-a=$(now)
-time "$root/build/optoutctl" import --url "http://127.0.0.1:$port/api" \
-    "$prefix/rules.ndjson" 2>/dev/null
-b=$(now)
-echo "import: $rules rules in $(rate "$rules" "$a" "$b") (target 50,000/s)"
+import_time() {
+    local a b
+    a=$(now)
+    "$root/build/optoutctl" import --url "http://127.0.0.1:$port/api" \
+        "$@" "$prefix/rules.ndjson" 2>/dev/null >/dev/null
+    b=$(now)
+    awk -v a="$a" -v b="$b" 'BEGIN { printf "%.3f", b - a }'
+}
+rps() { awk -v n="$rules" -v t="$1" 'BEGIN { printf "%.0f", n / t }'; }
+
+time t=$(import_time)
+echo "import: $rules rules, 4 requests in flight, in $t s, $(rps "$t")" \
+     "rules/s (target 50,000/s)"
 
 back=$("$root/build/optoutctl" export "$prefix/logs/optout.journal" | wc -l)
 echo "export of the API's journal: $back rules (imported $rules)"
+
+# the previous approach, one request at a time, into an emptied store
+seed
+t1=$(import_time --parallel 1)
+echo "import --parallel 1: $t1 s, $(rps "$t1") rules/s;" \
+     "--parallel 4 is $(ratio "$t1" "$t")"
+

@@ -12,23 +12,55 @@
  */
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <jansson.h>
 
 #include "optout_fold.h"
 
 
 #define OPTOUT_FOLD_BLOCK    (1024 * 1024)
 #define OPTOUT_FOLD_BUCKETS  1024
+#define OPTOUT_ARENA_SIZE    (64 * 1024)
+#define OPTOUT_BATCH         4096              /* lines parsed together */
+#define OPTOUT_BATCH_SPLIT   256               /* parsed on two threads */
+
+
+/* one line of a batch, parsed */
+typedef struct {
+    optout_journal_entry_t   e;
+    int                      rc;
+    size_t                   off;              /* in the batch's text */
+    size_t                   len;
+    char                     reason[160];
+} optout_slot_t;
 
 
 typedef struct {
     FILE                    *fp;
-    char                    *buf;
-    size_t                   cap;
+    char                    *line;             /* getline()'s buffer */
+    size_t                   line_cap;
+    char                    *text;             /* the batch's lines */
+    size_t                   text_len;
+    size_t                   text_cap;
+    optout_slot_t           *slots;
+    size_t                   nslots;
+    size_t                   next;             /* the next slot to hand out */
+    unsigned                 eof;
     optout_merge_line_t      cur;
 } optout_stream_t;
+
+
+/* a half of a batch, parsed on its own thread */
+typedef struct {
+    optout_stream_t         *s;
+    size_t                   from;
+    size_t                   to;
+} optout_half_t;
 
 
 struct optout_merge_s {
@@ -38,6 +70,7 @@ struct optout_merge_s {
     size_t                   n;                /* streams in the heap */
     optout_stream_t         *last;             /* handed out, to refill */
     uint64_t                 lines;
+    uint64_t                 bytes;
     uint64_t                 skipped;
     optout_merge_skip_pt     skip;
     void                    *data;
@@ -61,6 +94,11 @@ struct optout_fold_s {
 };
 
 
+static void *optout_arena_malloc(size_t size);
+static void optout_arena_free(void *p);
+static void *optout_stream_parse(void *data);
+static int optout_stream_fill(optout_merge_t *m, optout_stream_t *s,
+    char *err, size_t err_len);
 static int optout_stream_read(optout_merge_t *m, optout_stream_t *s,
     char *err, size_t err_len);
 static int optout_stream_less(const optout_stream_t *a,
@@ -69,6 +107,47 @@ static void optout_merge_down(optout_merge_t *m, size_t i);
 static void *optout_fold_alloc(optout_fold_t *f, size_t size);
 static int optout_fold_grow(optout_fold_t *f);
 static int optout_fold_item_cmp(const void *a, const void *b);
+
+
+/*
+ * jansson's values of one journal line live in a bump arena, emptied
+ * after the line: a line's dozen keys and strings cost no malloc and no
+ * free.  What does not fit, and every other jansson value, uses malloc.
+ * One arena a thread: a batch of lines is parsed on two.
+ */
+
+static __thread unsigned char  optout_arena[OPTOUT_ARENA_SIZE];
+static __thread size_t         optout_arena_used;
+static __thread unsigned       optout_arena_on;
+
+
+static void *
+optout_arena_malloc(size_t size)
+{
+    void  *p;
+
+    size = (size + 15) & ~(size_t) 15;
+
+    if (!optout_arena_on || OPTOUT_ARENA_SIZE - optout_arena_used < size) {
+        return malloc(size);
+    }
+
+    p = optout_arena + optout_arena_used;
+    optout_arena_used += size;
+
+    return p;
+}
+
+
+static void
+optout_arena_free(void *p)
+{
+    if ((uintptr_t) p - (uintptr_t) optout_arena < OPTOUT_ARENA_SIZE) {
+        return;
+    }
+
+    free(p);
+}
 
 
 optout_merge_t *
@@ -97,6 +176,9 @@ optout_merge_create(char *const *names, size_t n, optout_merge_skip_pt skip,
     m->skip = skip;
     m->data = data;
 
+    json_set_alloc_funcs(optout_arena_malloc, optout_arena_free);
+    json_object_seed(0);                       /* before any thread */
+
     for (i = 0; i < n; i++) {
         s = &m->streams[i];
         s->cur.name = names[i];
@@ -110,6 +192,13 @@ optout_merge_create(char *const *names, size_t n, optout_merge_skip_pt skip,
         }
 
         m->nstreams++;
+
+        s->slots = malloc(OPTOUT_BATCH * sizeof(optout_slot_t));
+        if (s->slots == NULL) {
+            snprintf(err, err_len, "out of memory");
+            optout_merge_destroy(m);
+            return NULL;
+        }
     }
 
     for (i = 0; i < n; i++) {
@@ -133,56 +222,165 @@ optout_merge_create(char *const *names, size_t n, optout_merge_skip_pt skip,
 }
 
 
+static void *
+optout_stream_parse(void *data)
+{
+    size_t          i;
+    optout_half_t  *h;
+    optout_slot_t  *sl;
+
+    h = data;
+
+    for (i = h->from; i < h->to; i++) {
+        sl = &h->s->slots[i];
+        sl->reason[0] = '\0';
+
+        optout_arena_on = 1;
+        sl->rc = optout_journal_parse(h->s->text + sl->off, sl->len, &sl->e,
+                                      sl->reason, sizeof(sl->reason));
+        optout_arena_on = 0;
+        optout_arena_used = 0;
+    }
+
+    return NULL;
+}
+
+
+/* reads up to OPTOUT_BATCH lines and parses them, half on a second thread */
+
+static int
+optout_stream_fill(optout_merge_t *m, optout_stream_t *s, char *err,
+    size_t err_len)
+{
+    char           *p;
+    size_t          len, cap;
+    ssize_t         n;
+    pthread_t       tid;
+    optout_half_t   a, b;
+    optout_slot_t  *sl;
+
+    s->nslots = 0;
+    s->next = 0;
+    s->text_len = 0;
+
+    while (s->nslots < OPTOUT_BATCH
+           && (n = getline(&s->line, &s->line_cap, s->fp)) != -1)
+    {
+        m->lines++;
+        m->bytes += (uint64_t) n;
+        len = (size_t) n;
+
+        if (len > 0 && s->line[len - 1] == '\n') {
+            len--;
+        }
+
+        if (len > 0 && s->line[len - 1] == '\r') {
+            len--;
+        }
+
+        if (s->text_len + len + 1 > s->text_cap) {
+            cap = (s->text_len + len + 1) * 2;
+            p = realloc(s->text, cap);
+
+            if (p == NULL) {
+                snprintf(err, err_len, "out of memory");
+                return -1;
+            }
+
+            s->text = p;
+            s->text_cap = cap;
+        }
+
+        sl = &s->slots[s->nslots++];
+        sl->off = s->text_len;
+        sl->len = len;
+        memcpy(s->text + s->text_len, s->line, len);
+        s->text_len += len;
+        s->text[s->text_len++] = '\0';
+    }
+
+    if (s->nslots < OPTOUT_BATCH) {
+        if (ferror(s->fp)) {
+            snprintf(err, err_len, "%s: %s", s->cur.name, strerror(errno));
+            return -1;
+        }
+
+        s->eof = 1;
+    }
+
+    a.s = s;
+    a.from = 0;
+    a.to = s->nslots;
+
+    if (s->nslots >= OPTOUT_BATCH_SPLIT) {
+        b.s = s;
+        b.from = s->nslots / 2;
+        b.to = s->nslots;
+        a.to = b.from;
+
+        if (pthread_create(&tid, NULL, optout_stream_parse, &b) != 0) {
+            a.to = s->nslots;
+
+        } else {
+            (void) optout_stream_parse(&a);
+
+            if (pthread_join(tid, NULL) != 0) {
+                snprintf(err, err_len, "cannot join a parser thread");
+                return -1;
+            }
+
+            return 0;
+        }
+    }
+
+    (void) optout_stream_parse(&a);
+
+    return 0;
+}
+
+
 /* 1: the next usable line is in s->cur, 0: end of file, -1: read error */
 
 static int
 optout_stream_read(optout_merge_t *m, optout_stream_t *s, char *err,
     size_t err_len)
 {
-    char     reason[256];
-    size_t   len;
-    ssize_t  n;
+    optout_slot_t  *sl;
 
-    while ((n = getline(&s->buf, &s->cap, s->fp)) != -1) {
-        m->lines++;
+    for ( ;; ) {
+        if (s->next == s->nslots) {
+            if (s->eof) {
+                return 0;
+            }
+
+            if (optout_stream_fill(m, s, err, err_len) != 0) {
+                return -1;
+            }
+
+            if (s->nslots == 0) {
+                return 0;
+            }
+        }
+
+        sl = &s->slots[s->next++];
         s->cur.lineno++;
-        len = (size_t) n;
 
-        if (len > 0 && s->buf[len - 1] == '\n') {
-            len--;
-        }
-
-        if (len > 0 && s->buf[len - 1] == '\r') {
-            len--;
-        }
-
-        reason[0] = '\0';
-
-        if (optout_journal_parse(s->buf, len, &s->cur.e, reason,
-                                 sizeof(reason))
-            != OPTOUT_OK)
-        {
+        if (sl->rc != OPTOUT_OK) {
             m->skipped++;
 
             if (m->skip) {
-                m->skip(m->data, s->cur.name, s->cur.lineno, reason);
+                m->skip(m->data, s->cur.name, s->cur.lineno, sl->reason);
             }
 
             continue;
         }
 
-        s->cur.line = s->buf;
-        s->cur.len = len;
+        s->cur.e = sl->e;
+        s->cur.line = s->text + sl->off;
+        s->cur.len = sl->len;
 
         return 1;
     }
-
-    if (ferror(s->fp)) {
-        snprintf(err, err_len, "%s: %s", s->cur.name, strerror(errno));
-        return -1;
-    }
-
-    return 0;
 }
 
 
@@ -289,6 +487,13 @@ optout_merge_lines(optout_merge_t *m)
 
 
 uint64_t
+optout_merge_bytes(optout_merge_t *m)
+{
+    return m->bytes;
+}
+
+
+uint64_t
 optout_merge_skipped(optout_merge_t *m)
 {
     return m->skipped;
@@ -309,7 +514,9 @@ optout_merge_destroy(optout_merge_t *m)
             (void) fclose(m->streams[i].fp);
         }
 
-        free(m->streams[i].buf);
+        free(m->streams[i].line);
+        free(m->streams[i].text);
+        free(m->streams[i].slots);
     }
 
     free(m->streams);
@@ -504,7 +711,7 @@ optout_fold_item_cmp(const void *a, const void *b)
 
 
 optout_fold_item_t **
-optout_fold_sorted(optout_fold_t *f, size_t *n)
+optout_fold_items(optout_fold_t *f, size_t *n)
 {
     size_t                i, k;
     optout_fold_item_t   *it, **all;
@@ -522,9 +729,22 @@ optout_fold_sorted(optout_fold_t *f, size_t *n)
         }
     }
 
-    qsort(all, k, sizeof(optout_fold_item_t *), optout_fold_item_cmp);
-
     *n = k;
+
+    return all;
+}
+
+
+optout_fold_item_t **
+optout_fold_sorted(optout_fold_t *f, size_t *n)
+{
+    optout_fold_item_t  **all;
+
+    all = optout_fold_items(f, n);
+
+    if (all != NULL) {
+        qsort(all, *n, sizeof(optout_fold_item_t *), optout_fold_item_cmp);
+    }
 
     return all;
 }

@@ -59,6 +59,8 @@ optout_merge_t *optout_merge_create(char *const *names, size_t n,
 int optout_merge_next(optout_merge_t *m, const optout_merge_line_t **out,
     char *err, size_t err_len);
 uint64_t optout_merge_lines(optout_merge_t *m);
+/* bytes read so far, over all journals */
+uint64_t optout_merge_bytes(optout_merge_t *m);
 uint64_t optout_merge_skipped(optout_merge_t *m);
 void optout_merge_destroy(optout_merge_t *m);
 
@@ -72,6 +74,8 @@ optout_fold_t *optout_fold_create(void);
 optout_fold_item_t *optout_fold_apply(optout_fold_t *f,
     const optout_journal_entry_t *e, unsigned *before);
 size_t optout_fold_count(optout_fold_t *f);
+/* every item, in no order */
+optout_fold_item_t **optout_fold_items(optout_fold_t *f, size_t *n);
 /* every item, by namespace, destination, account before senders */
 optout_fold_item_t **optout_fold_sorted(optout_fold_t *f, size_t *n);
 void optout_fold_destroy(optout_fold_t *f);

@@ -342,6 +342,42 @@ my $closed = 'http://127.0.0.1:' . OptoutTest::_free_port() . '/api';
     is($rc, 2, 'import --chunk 10001: usage error');
 }
 
+# large journals: lines parsed in batches (of 4,096, on two threads) keep
+# their order and numbers; on a terminal a progress bar, cleared at the end
+
+{
+    my $big = '';
+    for my $i (1 .. 70000) {
+        $big .= $i == 5000 ? "torn\n"
+              : line($i, 'optout', sprintf('+4477009%05d', $i % 60000),
+                     c => $i);
+    }
+    $t->write_file('big.log', $big);
+
+    my ($rc, $out, $err) = run('export', '--format', 'csv',
+                               "$dir/big.log");
+    is($rc, 0, 'export of 70,000 lines: exit 0');
+    is($err, "optoutctl: $dir/big.log:5000: skipped: not valid JSON: "
+       . "'[' or '{' expected near 'torn'\n",
+       'export of 70,000 lines: the torn line by its number, no bar');
+    is(scalar(() = $out =~ /\n/g), 60001, 'export: 60,000 rules');
+    like($out, qr/^\+447700900001,account,,,1,/m,
+         'export: the first campaign of a destination seen twice');
+
+    SKIP: {
+        skip 'script(1) not installed', 1
+            unless -x '/usr/bin/script';
+
+        my $cmd = "$bin export $dir/big.log 2>&1 >/dev/null";
+        my $tty = `/usr/bin/script -qec '$cmd' /dev/null`;
+        like($tty, qr/\A\r\e\[Koptoutctl:\ \Q$dir\E\/big\.log:5000:
+                      \ skipped:\ [^\r\n]*\r?\n
+                      \r\e\[Kexport\ \[\#{28}\.{2}\]\ \ 93%\ 65536\ lines
+                      (?:,\ \d+\/s(?:,\ ETA\ \d+\ s)?)?\r\e\[K\z/x,
+             'export on a terminal: progress bar, cleared');
+    }
+}
+
 for my $cmd (qw(export report import)) {
     my ($rc, $out) = run($cmd, '--help');
     is($rc, 0, "$cmd --help: exit 0");

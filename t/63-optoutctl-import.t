@@ -137,6 +137,44 @@ is($out, "imported 5 rules: 2 added, 0 already present, 3 invalid, "
 like($t->mc_get($t->skey(dest => '+447700900010', sender => 'ACME')),
      qr/\A1 5 \d+ import sms 0\z/, 'csv rule stored with source import');
 
+# several requests in flight: verdicts still in input order, with their
+# line numbers, and each request of one namespace
+
+$t->write_file('par.csv', "destination,sender,namespace\n"
+               . "+447700900101,,nsa\n"
+               . "bad-1,,nsa\n"
+               . "+447700900102,,nsa\n"
+               . "+447700900103,,nsb\n"
+               . "+447700900104,,nsb\n"
+               . "bad-2,,nsb\n"
+               . "+447700900105,ACME,\n"
+               . "+447700900106,,\n"
+               . "bad-3,,nsa\n"
+               . "+447700900107,,nsa\n"
+               . "+447700900108,,nsb\n"
+               . "bad-4,,\n");
+
+($rc, $out, $err) = run('import', '--url', $url, '--chunk', '2',
+                        '--parallel', '3', "$dir/par.csv");
+is($rc, 1, 'parallel import with invalid rules: exit 1');
+is($err, "optoutctl: $dir/par.csv:3: invalid: destination\n"
+   . "optoutctl: $dir/par.csv:7: invalid: destination\n"
+   . "optoutctl: $dir/par.csv:10: invalid: destination\n"
+   . "optoutctl: $dir/par.csv:13: invalid: destination\n",
+   'parallel import: the invalid rules in input order');
+is($out, "imported 12 rules: 8 added, 0 already present, 4 invalid, "
+   . "0 not imported\n", 'parallel import: summary');
+like($t->mc_get($t->skey(dest => '+447700900104', ns => 'nsb')),
+     qr/\A1 0 \d+ import sms 0\z/, 'parallel import: rule in its namespace');
+is($t->mc_get($t->skey(dest => '+447700900104')), undef,
+   'parallel import: not in another namespace');
+like($t->mc_get($t->skey(dest => '+447700900107', ns => 'nsa')),
+     qr/\A1 0 \d+ import sms 0\z/, 'parallel import: rule in nsa');
+
+($rc, $out, $err) = run('import', '--url', $url, '--parallel', '0',
+                        "$dir/par.csv");
+is($rc, 2, 'import --parallel 0: usage error');
+
 # access control is nginx's: refused without the password
 
 my $locked = 'http://127.0.0.1:' . $t->port . '/locked/api';

@@ -63,6 +63,8 @@
 #define OCTL_BY_DAY           3
 
 #define OCTL_CHUNK_MAX        10000             /* items a request */
+#define OCTL_PARALLEL         4                 /* requests in flight */
+#define OCTL_PARALLEL_MAX     16
 #define OCTL_COLUMNS_MAX      16
 #define OCTL_FIELD_MAX        512
 
@@ -123,27 +125,53 @@ typedef struct {
 } octl_report_t;
 
 
+/* a progress bar on stderr, when stderr is a terminal */
 typedef struct {
-    CURL           *curl;
+    unsigned        on;
+    const char     *what;                     /* "replay", "import" */
+    const char     *unit;                     /* "lines", "rules" */
+    double          start;
+    uint64_t        size;                     /* bytes to read, 0: unknown */
+} octl_bar_t;
+
+
+/* one request of an import, in flight or free */
+typedef struct {
+    CURL               *curl;
+    struct curl_slist  *headers;
+    char               *body;
+    uint64_t           *lines;                /* line numbers of its items */
+    size_t              n;
+    char               *resp;
+    size_t              resp_len;
+    size_t              resp_cap;
+    unsigned            done;
+    CURLcode            result;
+    char                errbuf[CURL_ERROR_SIZE];
+} octl_xfer_t;
+
+
+typedef struct {
+    CURLM          *multi;
+    octl_xfer_t    *xfers;
+    size_t          nxfers;
+    size_t          head;                     /* the oldest in flight */
+    size_t          inflight;
     json_t         *chunk;                    /* items of one request */
     uint64_t       *lines;                    /* their line numbers */
     size_t          max;
     const char     *name;
     unsigned        ndjson;
-    unsigned        bar;                      /* progress bar on stderr */
+    octl_bar_t      bar;
     char            ns[OPTOUT_NAMESPACE_MAX + 1];
     const char     *columns[OCTL_COLUMNS_MAX];
     size_t          ncolumns;
-    char           *resp;
-    size_t          resp_len;
-    size_t          resp_cap;
     uint64_t        size;
     uint64_t        pos;
     uint64_t        items;
     uint64_t        added;
     uint64_t        present;
     uint64_t        invalid;
-    char            errbuf[CURL_ERROR_SIZE];
 } octl_import_t;
 
 
@@ -310,7 +338,7 @@ static const char  octl_report_usage[] =
 static const char  octl_import_usage[] =
     "usage: optoutctl import --url URL [--user USER:PASSWORD]\n"
     "                        [--cacert FILE] [--cert FILE] [--key FILE]\n"
-    "                        [--chunk N] [FILE]\n"
+    "                        [--chunk N] [--parallel N] [FILE]\n"
     "\n"
     "Send the rules in FILE (default: stdin) to the optout_api location at\n"
     "URL, in requests of up to N rules (one namespace a request).  FILE is\n"
@@ -318,7 +346,9 @@ static const char  octl_import_usage[] =
     "\"{\", else CSV: destination,sender,campaign,channel, or any columns\n"
     "named by a header line (the export's CSV works).  Rules without a\n"
     "source get source \"import\".  Invalid rules are reported with their\n"
-    "line numbers; a refused request stops the import.\n"
+    "line numbers; a refused request stops the import.  Up to\n"
+    "--parallel requests are in flight at once; their answers are read\n"
+    "in the order they were sent.\n"
     "\n"
     "  -u, --url URL         the optout_api location\n"
     "  -U, --user U:P        basic authentication (default:\n"
@@ -327,6 +357,7 @@ static const char  octl_import_usage[] =
     "  -E, --cert FILE       client certificate (PEM)\n"
     "  -k, --key FILE        its private key\n"
     "  -c, --chunk N         rules a request, 1..10000 (default 10000)\n"
+    "  -P, --parallel N      requests in flight, 1..16 (default 4)\n"
     "  -h, --help            show this help\n"
     "\n"
     "Exit status: 0 every rule added or present, 1 a rule invalid or not\n"
@@ -1537,11 +1568,90 @@ done:
 }
 
 
+/* progress: done units, their rate, and the time left by bytes read */
+
+static double
+octl_now(void)
+{
+    struct timespec  ts;
+
+    (void) clock_gettime(CLOCK_MONOTONIC, &ts);
+
+    return (double) ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+
+static void
+octl_bar_init(octl_bar_t *bar, const char *what, const char *unit,
+    uint64_t size)
+{
+    bar->on = isatty(STDERR_FILENO);
+    bar->what = what;
+    bar->unit = unit;
+    bar->size = size;
+    bar->start = octl_now();
+}
+
+
+static void
+octl_bar_show(octl_bar_t *bar, uint64_t done, uint64_t pos)
+{
+    int     i, w;
+    double  f, dt;
+
+    if (!bar->on) {
+        return;
+    }
+
+    dt = octl_now() - bar->start;
+    fprintf(stderr, "\r\033[K%s ", bar->what);
+
+    f = 0;
+
+    if (bar->size > 0) {
+        f = (double) pos / (double) bar->size;
+        f = f > 1 ? 1 : f;
+        w = (int) (f * 30);
+
+        fputc('[', stderr);
+
+        for (i = 0; i < 30; i++) {
+            fputc(i < w ? '#' : '.', stderr);
+        }
+
+        fprintf(stderr, "] %3d%% ", (int) (f * 100));
+    }
+
+    fprintf(stderr, "%" PRIu64 " %s", done, bar->unit);
+
+    if (dt > 0.2) {
+        fprintf(stderr, ", %.0f/s", (double) done / dt);
+
+        if (f > 0.01 && f < 1) {
+            fprintf(stderr, ", ETA %.0f s", dt * (1 - f) / f);
+        }
+    }
+
+    fflush(stderr);
+}
+
+
+static void
+octl_bar_clear(octl_bar_t *bar)
+{
+    if (bar->on) {
+        fputs("\r\033[K", stderr);
+        fflush(stderr);
+    }
+}
+
+
 /* journals merged and folded: replay, export, report */
 
 static void
 octl_skip(void *data, const char *name, uint64_t lineno, const char *reason)
 {
+    octl_bar_clear(data);
     octl_error("%s:%" PRIu64 ": skipped: %s", name, lineno, reason);
 }
 
@@ -1552,18 +1662,35 @@ octl_skip(void *data, const char *name, uint64_t lineno, const char *reason)
  */
 
 static optout_fold_t *
-octl_fold(char **names, size_t n, octl_fold_pt cb, void *data,
-    uint64_t *lines, uint64_t *skipped)
+octl_fold(char **names, size_t n, const char *what, octl_fold_pt cb,
+    void *data, uint64_t *lines, uint64_t *skipped)
 {
     int                         rc;
     char                        err[512];
+    size_t                      i;
+    uint64_t                    size;
     unsigned                    before;
+    octl_bar_t                  bar;
+    struct stat                 st;
     optout_fold_t              *fold;
     optout_merge_t             *merge;
     optout_fold_item_t         *it;
     const optout_merge_line_t  *l;
 
-    merge = optout_merge_create(names, n, octl_skip, NULL, err, sizeof(err));
+    size = 0;
+
+    for (i = 0; i < n; i++) {
+        if (stat(names[i], &st) != 0 || !S_ISREG(st.st_mode)) {
+            size = 0;
+            break;
+        }
+
+        size += (uint64_t) st.st_size;
+    }
+
+    octl_bar_init(&bar, what, "lines", size);
+
+    merge = optout_merge_create(names, n, octl_skip, &bar, err, sizeof(err));
     if (merge == NULL) {
         octl_error("%s", err);
         return NULL;
@@ -1587,7 +1714,14 @@ octl_fold(char **names, size_t n, octl_fold_pt cb, void *data,
         if (cb != NULL) {
             cb(data, l, it, before);
         }
+
+        if ((l->lineno & 0xffff) == 0) {
+            octl_bar_show(&bar, optout_merge_lines(merge),
+                          optout_merge_bytes(merge));
+        }
     }
+
+    octl_bar_clear(&bar);
 
     if (rc == -1) {
         octl_error("%s", err);
@@ -1735,13 +1869,15 @@ octl_replay(int argc, char **argv)
     rc = OCTL_EXIT_ERROR;
     items = NULL;
 
-    fold = octl_fold(argv + optind, argc - optind, NULL, NULL, &lines,
-                     &skipped);
+    fold = octl_fold(argv + optind, argc - optind, "replay", NULL, NULL,
+                     &lines, &skipped);
     if (fold == NULL) {
         goto done;
     }
 
-    items = optout_fold_sorted(fold, &n);
+    /* memcached needs no order: the sort is export's */
+
+    items = optout_fold_items(fold, &n);
     if (items == NULL) {
         octl_error("out of memory");
         goto done;
@@ -1955,8 +2091,8 @@ octl_export(int argc, char **argv)
         return octl_usage_error("export", "missing JOURNAL");
     }
 
-    fold = octl_fold(argv + optind, argc - optind, NULL, NULL, &lines,
-                     &skipped);
+    fold = octl_fold(argv + optind, argc - optind, "export", NULL, NULL,
+                     &lines, &skipped);
     if (fold == NULL) {
         return OCTL_EXIT_ERROR;
     }
@@ -2388,8 +2524,8 @@ octl_report(int argc, char **argv)
 
     rc = OCTL_EXIT_ERROR;
 
-    fold = octl_fold(argv + optind, argc - optind, octl_report_line, &ctx,
-                     &lines, &skipped);
+    fold = octl_fold(argv + optind, argc - optind, "report",
+                     octl_report_line, &ctx, &lines, &skipped);
     if (fold == NULL) {
         goto done;
     }
@@ -2442,9 +2578,9 @@ done:
 static size_t
 octl_curl_write(char *ptr, size_t size, size_t nmemb, void *data)
 {
-    char           *p;
-    size_t          n, cap;
-    octl_import_t  *ctx;
+    char         *p;
+    size_t        n, cap;
+    octl_xfer_t  *ctx;
 
     ctx = data;
     n = size * nmemb;
@@ -2476,7 +2612,7 @@ octl_import_msg(octl_import_t *ctx, const char *fmt, ...)
 
     fflush(stdout);
 
-    if (ctx->bar) {
+    if (ctx->bar.on) {
         fputs("\r\033[K", stderr);
     }
 
@@ -2493,35 +2629,8 @@ octl_import_msg(octl_import_t *ctx, const char *fmt, ...)
 static void
 octl_import_bar(octl_import_t *ctx)
 {
-    int       i, w;
-    double    f;
-    uint64_t  done;
-
-    if (!ctx->bar) {
-        return;
-    }
-
-    done = ctx->added + ctx->present + ctx->invalid;
-
-    if (ctx->size > 0) {
-        f = (double) ctx->pos / (double) ctx->size;
-        f = f > 1 ? 1 : f;
-        w = (int) (f * 30);
-
-        fputs("\rimport [", stderr);
-
-        for (i = 0; i < 30; i++) {
-            fputc(i < w ? '#' : '.', stderr);
-        }
-
-        fprintf(stderr, "] %3d%% %" PRIu64 " rules", (int) (f * 100),
-                done);
-
-    } else {
-        fprintf(stderr, "\rimport: %" PRIu64 " rules", done);
-    }
-
-    fflush(stderr);
+    octl_bar_show(&ctx->bar, ctx->added + ctx->present + ctx->invalid,
+                  ctx->pos);
 }
 
 
@@ -2537,7 +2646,7 @@ octl_import_invalid(octl_import_t *ctx, uint64_t lineno, const char *reason)
 /* the answer to one chunk; -1: refused */
 
 static int
-octl_import_answer(octl_import_t *ctx, long status)
+octl_import_answer(octl_import_t *ctx, octl_xfer_t *x, long status)
 {
     json_t        *root, *results, *r, *v;
     size_t         i, n;
@@ -2545,15 +2654,15 @@ octl_import_answer(octl_import_t *ctx, long status)
     const char    *s, *detail;
     json_error_t   jerr;
 
-    n = json_array_size(ctx->chunk);
+    n = x->n;
 
     /*
      * Every item added or present needs no more than the counts that open
      * the answer; the 10,000 results are read only when one is invalid.
      */
 
-    if (status == 200 && ctx->resp != NULL
-        && sscanf(ctx->resp, "{\"added\":%" SCNu64 ",\"present\":%" SCNu64
+    if (status == 200 && x->resp != NULL
+        && sscanf(x->resp, "{\"added\":%" SCNu64 ",\"present\":%" SCNu64
                   ",\"invalid\":%" SCNu64 ",", &added, &present, &invalid)
            == 3
         && invalid == 0 && added + present == n)
@@ -2563,7 +2672,7 @@ octl_import_answer(octl_import_t *ctx, long status)
         return 0;
     }
 
-    root = json_loadb(ctx->resp ? ctx->resp : "", ctx->resp_len, 0, &jerr);
+    root = json_loadb(x->resp ? x->resp : "", x->resp_len, 0, &jerr);
 
     if (status != 200) {
         detail = NULL;
@@ -2577,8 +2686,8 @@ octl_import_answer(octl_import_t *ctx, long status)
         }
 
         octl_import_msg(ctx, "%s:%" PRIu64 "-%" PRIu64 ": refused: HTTP "
-                        "%ld%s%s%s", ctx->name, ctx->lines[0],
-                        ctx->lines[n - 1], status, detail ? ": " : "",
+                        "%ld%s%s%s", ctx->name, x->lines[0],
+                        x->lines[n - 1], status, detail ? ": " : "",
                         detail ? detail : "",
                         status == 413 ? " (raise client_max_body_size in "
                         "the API location, or use a smaller --chunk)" : "");
@@ -2590,8 +2699,8 @@ octl_import_answer(octl_import_t *ctx, long status)
 
     if (!json_is_array(results) || json_array_size(results) != n) {
         octl_import_msg(ctx, "%s:%" PRIu64 "-%" PRIu64 ": refused: the "
-                        "answer is not the API's", ctx->name, ctx->lines[0],
-                        ctx->lines[n - 1]);
+                        "answer is not the API's", ctx->name, x->lines[0],
+                        x->lines[n - 1]);
         json_decref(root);
         return -1;
     }
@@ -2607,7 +2716,7 @@ octl_import_answer(octl_import_t *ctx, long status)
 
         } else {
             s = json_string_value(json_object_get(r, "reason"));
-            octl_import_invalid(ctx, ctx->lines[i], s ? s : "refused");
+            octl_import_invalid(ctx, x->lines[i], s ? s : "refused");
         }
     }
 
@@ -2617,76 +2726,177 @@ octl_import_answer(octl_import_t *ctx, long status)
 }
 
 
+/* moves every request in flight on, without blocking */
+
 static int
-octl_import_send(octl_import_t *ctx)
+octl_import_pump(octl_import_t *ctx)
 {
-    int                 rc;
-    char               *body, hdr[sizeof("X-Optout-Namespace: ")
-                                  + OPTOUT_NAMESPACE_MAX];
-    long                status;
-    size_t              n;
-    CURLcode            crc;
-    struct curl_slist  *headers, *h;
+    int           running, left;
+    CURLMsg      *msg;
+    octl_xfer_t  *y;
 
-    n = json_array_size(ctx->chunk);
-
-    if (n == 0) {
-        return 0;
-    }
-
-    body = json_dumps(ctx->chunk, JSON_COMPACT);
-    if (body == NULL) {
-        octl_import_msg(ctx, "out of memory");
+    if (curl_multi_perform(ctx->multi, &running) != CURLM_OK) {
+        octl_import_msg(ctx, "libcurl failed");
         return -1;
     }
 
-    headers = curl_slist_append(NULL, "Content-Type: application/json");
-    h = headers ? curl_slist_append(headers, "Expect:") : NULL;
-
-    if (h != NULL && ctx->ns[0] != '\0') {
-        snprintf(hdr, sizeof(hdr), "X-Optout-Namespace: %s", ctx->ns);
-        h = curl_slist_append(headers, hdr);
+    while ((msg = curl_multi_info_read(ctx->multi, &left)) != NULL) {
+        if (msg->msg == CURLMSG_DONE
+            && curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE,
+                                 (char **) &y)
+               == CURLE_OK)
+        {
+            y->done = 1;
+            y->result = msg->data.result;
+        }
     }
 
-    if (h == NULL) {
-        octl_import_msg(ctx, "out of memory");
-        curl_slist_free_all(headers);
-        free(body);
-        return -1;
+    return 0;
+}
+
+
+/* waits for the oldest request in flight and reads its answer */
+
+static int
+octl_import_wait(octl_import_t *ctx)
+{
+    int           rc;
+    long          status;
+    octl_xfer_t  *x;
+
+    x = &ctx->xfers[ctx->head];
+
+    while (!x->done) {
+        if (octl_import_pump(ctx) != 0) {
+            return -1;
+        }
+
+        if (!x->done
+            && curl_multi_poll(ctx->multi, NULL, 0, 1000, NULL) != CURLM_OK)
+        {
+            octl_import_msg(ctx, "libcurl failed");
+            return -1;
+        }
     }
 
-    ctx->resp_len = 0;
+    (void) curl_multi_remove_handle(ctx->multi, x->curl);
 
-    curl_easy_setopt(ctx->curl, CURLOPT_HTTPHEADER, headers);
-    curl_easy_setopt(ctx->curl, CURLOPT_POSTFIELDS, body);
-    curl_easy_setopt(ctx->curl, CURLOPT_POSTFIELDSIZE_LARGE,
-                     (curl_off_t) strlen(body));
-
-    crc = curl_easy_perform(ctx->curl);
-
-    curl_slist_free_all(headers);
-    free(body);
-
-    if (crc != CURLE_OK) {
+    if (x->result != CURLE_OK) {
         octl_import_msg(ctx, "%s:%" PRIu64 "-%" PRIu64 ": not sent: %s",
-                        ctx->name, ctx->lines[0], ctx->lines[n - 1],
-                        ctx->errbuf[0] ? ctx->errbuf
-                                       : curl_easy_strerror(crc));
-        return -1;
+                        ctx->name, x->lines[0], x->lines[x->n - 1],
+                        x->errbuf[0] ? x->errbuf
+                                     : curl_easy_strerror(x->result));
+        rc = -1;
+
+    } else {
+        status = 0;
+        (void) curl_easy_getinfo(x->curl, CURLINFO_RESPONSE_CODE, &status);
+        rc = octl_import_answer(ctx, x, status);
     }
 
-    status = 0;
-    (void) curl_easy_getinfo(ctx->curl, CURLINFO_RESPONSE_CODE, &status);
+    curl_slist_free_all(x->headers);
+    free(x->body);
+    x->headers = NULL;
+    x->body = NULL;
+    x->done = 0;
 
-    rc = octl_import_answer(ctx, status);
-
-    if (rc == 0) {
-        json_array_clear(ctx->chunk);
-    }
+    ctx->head = (ctx->head + 1) % ctx->nxfers;
+    ctx->inflight--;
 
     octl_import_bar(ctx);
 
     return rc;
+}
+
+
+/* every request in flight answered; -1: one was refused or not sent */
+
+static int
+octl_import_drain(octl_import_t *ctx)
+{
+    int  rc;
+
+    rc = 0;
+
+    while (ctx->inflight > 0) {
+        if (octl_import_wait(ctx) != 0) {
+            rc = -1;
+        }
+    }
+
+    return rc;
+}
+
+
+/* the chunk as the next request; the oldest is answered first if need be */
+
+static int
+octl_import_send(octl_import_t *ctx)
+{
+    char               hdr[sizeof("X-Optout-Namespace: ")
+                           + OPTOUT_NAMESPACE_MAX];
+    uint64_t          *lines;
+    struct curl_slist  *h;
+    octl_xfer_t       *x;
+
+    if (json_array_size(ctx->chunk) == 0) {
+        return 0;
+    }
+
+    if (ctx->inflight == ctx->nxfers && octl_import_wait(ctx) != 0) {
+        return -1;
+    }
+
+    x = &ctx->xfers[(ctx->head + ctx->inflight) % ctx->nxfers];
+
+    x->body = json_dumps(ctx->chunk, JSON_COMPACT);
+    if (x->body == NULL) {
+        octl_import_msg(ctx, "out of memory");
+        return -1;
+    }
+
+    x->headers = curl_slist_append(NULL, "Content-Type: application/json");
+    h = x->headers ? curl_slist_append(x->headers, "Expect:") : NULL;
+
+    if (h != NULL && ctx->ns[0] != '\0') {
+        snprintf(hdr, sizeof(hdr), "X-Optout-Namespace: %s", ctx->ns);
+        h = curl_slist_append(x->headers, hdr);
+    }
+
+    if (h == NULL) {
+        octl_import_msg(ctx, "out of memory");
+        curl_slist_free_all(x->headers);
+        free(x->body);
+        x->headers = NULL;
+        x->body = NULL;
+        return -1;
+    }
+
+    /* the line numbers go with the request; its old array takes the next */
+
+    lines = x->lines;
+    x->lines = ctx->lines;
+    ctx->lines = lines;
+    x->n = json_array_size(ctx->chunk);
+    x->resp_len = 0;
+    x->errbuf[0] = '\0';
+    x->done = 0;
+
+    json_array_clear(ctx->chunk);
+
+    curl_easy_setopt(x->curl, CURLOPT_HTTPHEADER, x->headers);
+    curl_easy_setopt(x->curl, CURLOPT_POSTFIELDS, x->body);
+    curl_easy_setopt(x->curl, CURLOPT_POSTFIELDSIZE_LARGE,
+                     (curl_off_t) strlen(x->body));
+
+    if (curl_multi_add_handle(ctx->multi, x->curl) != CURLM_OK) {
+        octl_import_msg(ctx, "libcurl failed");
+        return -1;
+    }
+
+    ctx->inflight++;
+
+    return octl_import_pump(ctx);
 }
 
 
@@ -3030,12 +3240,49 @@ octl_import_read(octl_import_t *ctx, FILE *fp)
 }
 
 
+/* one request's handle: every transfer of an import is set up alike */
+
+static int
+octl_import_easy(octl_xfer_t *x, const char *url, const char *user,
+    const char *cacert, const char *cert, const char *key)
+{
+    if (curl_easy_setopt(x->curl, CURLOPT_URL, url) != CURLE_OK
+        || curl_easy_setopt(x->curl, CURLOPT_PRIVATE, x) != CURLE_OK
+        || curl_easy_setopt(x->curl, CURLOPT_ERRORBUFFER, x->errbuf)
+           != CURLE_OK
+        || curl_easy_setopt(x->curl, CURLOPT_WRITEFUNCTION, octl_curl_write)
+           != CURLE_OK
+        || curl_easy_setopt(x->curl, CURLOPT_WRITEDATA, x) != CURLE_OK
+        || curl_easy_setopt(x->curl, CURLOPT_NOSIGNAL, 1L) != CURLE_OK
+        || curl_easy_setopt(x->curl, CURLOPT_TCP_NODELAY, 1L) != CURLE_OK
+        || curl_easy_setopt(x->curl, CURLOPT_CONNECTTIMEOUT, 10L)
+           != CURLE_OK
+        || curl_easy_setopt(x->curl, CURLOPT_TIMEOUT, 300L) != CURLE_OK
+        || (user != NULL && user[0] != '\0'
+            && curl_easy_setopt(x->curl, CURLOPT_USERPWD, user) != CURLE_OK)
+        || (cacert != NULL
+            && curl_easy_setopt(x->curl, CURLOPT_CAINFO, cacert)
+               != CURLE_OK)
+        || (cert != NULL
+            && curl_easy_setopt(x->curl, CURLOPT_SSLCERT, cert) != CURLE_OK)
+        || (key != NULL
+            && curl_easy_setopt(x->curl, CURLOPT_SSLKEY, key) != CURLE_OK))
+    {
+        return -1;
+    }
+
+    return 0;
+}
+
+
 static int
 octl_import(int argc, char **argv)
 {
     int             c, rc;
     FILE           *fp;
+    size_t          i;
     uint64_t        v;
+    octl_xfer_t    *x;
     const char     *url, *user, *cacert, *cert, *key;
     struct stat     st;
     octl_import_t   ctx;
@@ -3050,19 +3297,21 @@ octl_import(int argc, char **argv)
         { "cert", required_argument, NULL, 'E' },
         { "key", required_argument, NULL, 'k' },
         { "chunk", required_argument, NULL, 'c' },
+        { "parallel", required_argument, NULL, 'P' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 }
     };
 
     memset(&ctx, 0, sizeof(ctx));
     ctx.max = OCTL_CHUNK_MAX;
+    ctx.nxfers = OCTL_PARALLEL;
     url = NULL;
     user = getenv("OPTOUT_API_USER");
     cacert = NULL;
     cert = NULL;
     key = NULL;
 
-    while ((c = octl_getopt(argc, argv, "import", ":u:U:C:E:k:c:h",
+    while ((c = octl_getopt(argc, argv, "import", ":u:U:C:E:k:c:P:h",
                             longopts))
            != -1)
     {
@@ -3091,6 +3340,17 @@ octl_import(int argc, char **argv)
             }
 
             ctx.max = (size_t) v;
+            break;
+        case 'P':
+            if (octl_parse_u64(optarg, strlen(optarg), &v) != 0 || v < 1
+                || v > OCTL_PARALLEL_MAX)
+            {
+                return octl_usage_error("import", "invalid --parallel "
+                                        "\"%s\" (1..%d)", optarg,
+                                        OCTL_PARALLEL_MAX);
+            }
+
+            ctx.nxfers = (size_t) v;
             break;
         case 'h':
             return octl_help(octl_import_usage);
@@ -3126,7 +3386,7 @@ octl_import(int argc, char **argv)
         ctx.size = (uint64_t) st.st_size;
     }
 
-    ctx.bar = isatty(STDERR_FILENO);
+    octl_bar_init(&ctx.bar, "import", "rules", ctx.size);
     memcpy(ctx.columns, csv_columns, sizeof(csv_columns));
     ctx.ncolumns = 4;
 
@@ -3134,43 +3394,37 @@ octl_import(int argc, char **argv)
 
     ctx.chunk = json_array();
     ctx.lines = malloc(ctx.max * sizeof(uint64_t));
+    ctx.xfers = calloc(ctx.nxfers, sizeof(octl_xfer_t));
 
-    if (ctx.chunk == NULL || ctx.lines == NULL
+    if (ctx.chunk == NULL || ctx.lines == NULL || ctx.xfers == NULL
         || curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK
-        || (ctx.curl = curl_easy_init()) == NULL)
+        || (ctx.multi = curl_multi_init()) == NULL)
     {
         octl_error("cannot initialize: out of memory");
         goto done;
     }
 
-    ctx.errbuf[0] = '\0';
+    for (i = 0; i < ctx.nxfers; i++) {
+        x = &ctx.xfers[i];
+        x->lines = malloc(ctx.max * sizeof(uint64_t));
+        x->curl = curl_easy_init();
 
-    if (curl_easy_setopt(ctx.curl, CURLOPT_URL, url) != CURLE_OK
-        || curl_easy_setopt(ctx.curl, CURLOPT_ERRORBUFFER, ctx.errbuf)
-           != CURLE_OK
-        || curl_easy_setopt(ctx.curl, CURLOPT_WRITEFUNCTION, octl_curl_write)
-           != CURLE_OK
-        || curl_easy_setopt(ctx.curl, CURLOPT_WRITEDATA, &ctx) != CURLE_OK
-        || curl_easy_setopt(ctx.curl, CURLOPT_NOSIGNAL, 1L) != CURLE_OK
-        || curl_easy_setopt(ctx.curl, CURLOPT_TCP_NODELAY, 1L) != CURLE_OK
-        || curl_easy_setopt(ctx.curl, CURLOPT_CONNECTTIMEOUT, 10L)
-           != CURLE_OK
-        || curl_easy_setopt(ctx.curl, CURLOPT_TIMEOUT, 300L) != CURLE_OK
-        || (user != NULL && user[0] != '\0'
-            && curl_easy_setopt(ctx.curl, CURLOPT_USERPWD, user) != CURLE_OK)
-        || (cacert != NULL
-            && curl_easy_setopt(ctx.curl, CURLOPT_CAINFO, cacert)
-               != CURLE_OK)
-        || (cert != NULL
-            && curl_easy_setopt(ctx.curl, CURLOPT_SSLCERT, cert) != CURLE_OK)
-        || (key != NULL
-            && curl_easy_setopt(ctx.curl, CURLOPT_SSLKEY, key) != CURLE_OK))
-    {
-        octl_error("invalid --url or TLS option (libcurl refused it)");
-        goto done;
+        if (x->lines == NULL || x->curl == NULL) {
+            octl_error("cannot initialize: out of memory");
+            goto done;
+        }
+
+        if (octl_import_easy(x, url, user, cacert, cert, key) != 0) {
+            octl_error("invalid --url or TLS option (libcurl refused it)");
+            goto done;
+        }
     }
 
-    if (octl_import_read(&ctx, fp) == 0) {
+    /* what was sent is answered and counted, even after a refusal */
+
+    c = octl_import_read(&ctx, fp);
+
+    if (octl_import_drain(&ctx) == 0 && c == 0) {
         rc = OCTL_EXIT_OK;
 
     } else {
@@ -3178,9 +3432,7 @@ octl_import(int argc, char **argv)
                         "already added are then answered \"present\"");
     }
 
-    if (ctx.bar) {
-        fputs("\r\033[K", stderr);
-    }
+    octl_bar_clear(&ctx.bar);
 
     printf("imported %" PRIu64 " rules: %" PRIu64 " added, %" PRIu64
            " already present, %" PRIu64 " invalid, %" PRIu64 " not "
@@ -3199,14 +3451,28 @@ octl_import(int argc, char **argv)
 
 done:
 
-    if (ctx.curl != NULL) {
-        curl_easy_cleanup(ctx.curl);
+    for (i = 0; ctx.xfers != NULL && i < ctx.nxfers; i++) {
+        x = &ctx.xfers[i];
+
+        if (x->curl != NULL) {
+            (void) curl_multi_remove_handle(ctx.multi, x->curl);
+            curl_easy_cleanup(x->curl);
+        }
+
+        curl_slist_free_all(x->headers);
+        free(x->body);
+        free(x->lines);
+        free(x->resp);
+    }
+
+    if (ctx.multi != NULL) {
+        (void) curl_multi_cleanup(ctx.multi);
     }
 
     curl_global_cleanup();
     json_decref(ctx.chunk);
+    free(ctx.xfers);
     free(ctx.lines);
-    free(ctx.resp);
 
     if (fp != stdin) {
         (void) fclose(fp);
