@@ -542,7 +542,9 @@ optout_kw_insert(optout_kw_set_t *set, int op, const char *cc,
     k->norm_len = norm_len;
     k->op = op;
     k->custom = custom;
-    memcpy(k->cc, cc, 3);
+    k->cc[0] = cc[0];
+    k->cc[1] = cc[0] ? cc[1] : '\0';
+    k->cc[2] = '\0';
 
     set->n++;
 
