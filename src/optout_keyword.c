@@ -311,6 +311,7 @@ int
 optout_kw_add(optout_kw_set_t *set, int op, const char *country,
     const char *word, size_t len, char *err, size_t err_len)
 {
+    int           reserved;
     char          cc[3], *norm;
     size_t        i, n, norm_len;
     optout_kw_t  *k;
@@ -326,10 +327,11 @@ optout_kw_add(optout_kw_set_t *set, int op, const char *country,
         return -1;
     }
 
-    if (optout_kw_op(norm, norm_len) > 0 && optout_kw_op(norm, norm_len) != op)
-    {
+    reserved = optout_kw_op(norm, norm_len);
+
+    if (reserved > 0 && reserved != op) {
         snprintf(err, err_len, "\"%.*s\" is reserved for %s", (int) len,
-                 word, optout_kw_ops[optout_kw_op(norm, norm_len)]);
+                 word, optout_kw_ops[reserved]);
         free(norm);
         return -1;
     }
