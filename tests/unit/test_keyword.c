@@ -2,13 +2,15 @@
 /*
  * Unit tests of keyword matching (src/optout_keyword.h), TAP output.
  *
- *   build/test_keyword
+ *   build/test_keyword            run the tests
+ *   build/test_keyword --bench    time matches (first_word, country FR)
  */
 
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "optout_keyword.h"
 
@@ -413,15 +415,70 @@ test_country(void)
 }
 
 
-int
-main(void)
+static int
+bench(const optout_kw_set_t *set)
 {
+    int                 i, n;
+    double              s;
+    size_t              j, len;
+    struct timespec     a, b;
+    optout_kw_match_t   m;
+
+    static const char  *texts[] = {
+        "Stop \xf0\x9f\x9b\x91",
+        "Hi! Thanks for the reminder, I will be there at 10:30 tomorrow "
+        "morning. Could you please send me the address again? The last "
+        "message got lost, sorry about that!!",
+    };
+
+    n = 100000;
+
+    for (j = 0; j < sizeof(texts) / sizeof(texts[0]); j++) {
+        len = strlen(texts[j]);
+
+        if (clock_gettime(CLOCK_MONOTONIC, &a) != 0) {
+            return 1;
+        }
+
+        for (i = 0; i < n; i++) {
+            if (optout_kw_match(set, OPTOUT_KW_FIRST_WORD, "FR", texts[j],
+                                len, &m)
+                < 0)
+            {
+                return 1;
+            }
+        }
+
+        if (clock_gettime(CLOCK_MONOTONIC, &b) != 0) {
+            return 1;
+        }
+
+        s = (b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) / 1e9;
+
+        printf("%zu-byte message: %.0f matches/s, %.1f us each\n", len,
+               n / s, s / n * 1e6);
+    }
+
+    return 0;
+}
+
+
+int
+main(int argc, char **argv)
+{
+    int               rc;
     optout_kw_set_t  *set;
 
     set = optout_kw_set_create();
     if (set == NULL) {
         printf("Bail out! cannot create the keyword set\n");
         return 1;
+    }
+
+    if (argc > 1 && strcmp(argv[1], "--bench") == 0) {
+        rc = bench(set);
+        optout_kw_set_free(set);
+        return rc;
     }
 
     test_table(set);
