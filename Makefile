@@ -24,6 +24,7 @@ MC_SRCS   := src/optout_memcached.c src/optout_memcached.h
 JNL_SRCS  := src/optout_journal.c src/optout_journal.h
 FOLD_SRCS := src/optout_fold.c src/optout_fold.h
 PIPE_SRCS := src/optout_pipe.c src/optout_pipe.h
+KW_SRCS   := src/optout_keyword.c src/optout_keyword.h
 MOD_SRCS  := $(wildcard src/ngx_http_optout_*.c src/ngx_http_optout_*.h) \
              $(MC_SRCS) $(JNL_SRCS)
 
@@ -40,7 +41,8 @@ $(BUILD)/ngx_http_optout_module.so: config $(MOD_SRCS) $(CORE_SRCS) \
                                     $(CORE_HDRS) tools/build-module.sh
 	@NGINX_SRC="$(NGINX_SRC)" bash tools/build-module.sh
 
-tools: $(BUILD)/optoutctl $(BUILD)/test_core $(BUILD)/test_fold
+tools: $(BUILD)/optoutctl $(BUILD)/test_core $(BUILD)/test_fold \
+       $(BUILD)/test_keyword
 
 $(BUILD)/optoutctl: tools/optoutctl.c $(CORE_SRCS) $(CORE_HDRS) $(MC_SRCS) \
                    $(JNL_SRCS) $(FOLD_SRCS) $(PIPE_SRCS)
@@ -61,24 +63,40 @@ $(BUILD)/test_core: tests/unit/test_core.c $(CORE_SRCS) $(CORE_HDRS)
 	$(CC) $(CFLAGS) $(WARN) -Isrc -o $@ tests/unit/test_core.c \
 	    $(CORE_SRCS) $(LIBS)
 
+$(BUILD)/test_keyword: tests/unit/test_keyword.c $(KW_SRCS)
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) $(WARN) -Isrc -o $@ tests/unit/test_keyword.c \
+	    src/optout_keyword.c -lunistring
+
+# a static rule: preferred over the pattern rule below
+$(BUILD)/fuzz_keyword: fuzz/fuzz_keyword.c $(KW_SRCS)
+	@mkdir -p $(BUILD)
+	$(FUZZ_CC) -g -O1 -fsanitize=fuzzer,address,undefined \
+	    -fno-sanitize-recover=all -Isrc -o $@ $< src/optout_keyword.c \
+	    -lunistring
+
 $(BUILD)/fuzz_%: fuzz/fuzz_%.c $(CORE_SRCS) $(CORE_HDRS)
 	@mkdir -p $(BUILD)
 	$(FUZZ_CC) -g -O1 -fsanitize=fuzzer,address,undefined \
 	    -fno-sanitize-recover=all -Isrc -o $@ $< $(CORE_SRCS) $(LIBS)
 
-unit: $(BUILD)/test_core $(BUILD)/test_fold
+unit: $(BUILD)/test_core $(BUILD)/test_fold $(BUILD)/test_keyword
 	$(BUILD)/test_core
 	$(BUILD)/test_fold
+	$(BUILD)/test_keyword
 
 # short runs, part of make test (t/01-fuzz.t)
-fuzz-short: $(BUILD)/fuzz_token $(BUILD)/fuzz_normalize
+fuzz-short: $(BUILD)/fuzz_token $(BUILD)/fuzz_normalize $(BUILD)/fuzz_keyword
 
-fuzz: $(BUILD)/fuzz_token $(BUILD)/fuzz_normalize
-	@mkdir -p $(BUILD)/corpus-token $(BUILD)/corpus-normalize
+fuzz: $(BUILD)/fuzz_token $(BUILD)/fuzz_normalize $(BUILD)/fuzz_keyword
+	@mkdir -p $(BUILD)/corpus-token $(BUILD)/corpus-normalize \
+	    $(BUILD)/corpus-keyword
 	$(BUILD)/fuzz_token -max_total_time=$(FUZZ_TIME) \
 	    $(BUILD)/corpus-token fuzz/seeds/token
 	$(BUILD)/fuzz_normalize -max_total_time=$(FUZZ_TIME) \
 	    $(BUILD)/corpus-normalize fuzz/seeds/normalize
+	$(BUILD)/fuzz_keyword -max_total_time=$(FUZZ_TIME) \
+	    $(BUILD)/corpus-keyword fuzz/seeds/keyword
 
 test: deps all fuzz-short
 	prove -r t/

@@ -8,7 +8,7 @@ pkgs=(make gcc clang libclang-rt-dev perl procps openssl
       nginx nginx-dev memcached libmemcached-dev libssl-dev libjansson-dev
       build-essential dpkg-dev debhelper lintian
       prometheus
-      libcurl4-openssl-dev
+      libcurl4-openssl-dev libunistring-dev
       "$@")
 
 missing=()
