@@ -24,10 +24,12 @@ MC_SRCS   := src/optout_memcached.c src/optout_memcached.h
 JNL_SRCS  := src/optout_journal.c src/optout_journal.h
 FOLD_SRCS := src/optout_fold.c src/optout_fold.h
 PIPE_SRCS := src/optout_pipe.c src/optout_pipe.h
+WH_SRCS   := src/optout_webhook.c src/optout_webhook.h
 MOD_SRCS  := $(wildcard src/ngx_http_optout_*.c src/ngx_http_optout_*.h) \
              $(MC_SRCS) $(JNL_SRCS)
 
 .PHONY: all module tools deps test unit fuzz fuzz-short run bench deb clean
+.PHONY: webhook-vectors fuzz-webhook unit-webhook
 
 all: module tools
 
@@ -41,6 +43,7 @@ $(BUILD)/ngx_http_optout_module.so: config $(MOD_SRCS) $(CORE_SRCS) \
 	@NGINX_SRC="$(NGINX_SRC)" bash tools/build-module.sh
 
 tools: $(BUILD)/optoutctl $(BUILD)/test_core $(BUILD)/test_fold
+tools: $(BUILD)/test_webhook
 
 $(BUILD)/optoutctl: tools/optoutctl.c $(CORE_SRCS) $(CORE_HDRS) $(MC_SRCS) \
                    $(JNL_SRCS) $(FOLD_SRCS) $(PIPE_SRCS)
@@ -61,6 +64,23 @@ $(BUILD)/test_core: tests/unit/test_core.c $(CORE_SRCS) $(CORE_HDRS)
 	$(CC) $(CFLAGS) $(WARN) -Isrc -o $@ tests/unit/test_core.c \
 	    $(CORE_SRCS) $(LIBS)
 
+$(BUILD)/test_webhook: tests/unit/test_webhook.c $(CORE_SRCS) $(CORE_HDRS) \
+                       $(WH_SRCS)
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) $(WARN) -Isrc -o $@ tests/unit/test_webhook.c \
+	    $(CORE_SRCS) src/optout_webhook.c $(LIBS)
+
+# regenerates tests/webhook-vectors.txt (needs python3-cryptography)
+webhook-vectors:
+	python3 tests/gen-webhook-vectors.py > tests/webhook-vectors.txt
+
+$(BUILD)/fuzz_webhook: fuzz/fuzz_webhook.c $(CORE_SRCS) $(CORE_HDRS) \
+                       $(WH_SRCS)
+	@mkdir -p $(BUILD)
+	$(FUZZ_CC) -g -O1 -fsanitize=fuzzer,address,undefined \
+	    -fno-sanitize-recover=all -Isrc -o $@ $< $(CORE_SRCS) \
+	    src/optout_webhook.c $(LIBS)
+
 $(BUILD)/fuzz_%: fuzz/fuzz_%.c $(CORE_SRCS) $(CORE_HDRS)
 	@mkdir -p $(BUILD)
 	$(FUZZ_CC) -g -O1 -fsanitize=fuzzer,address,undefined \
@@ -69,9 +89,13 @@ $(BUILD)/fuzz_%: fuzz/fuzz_%.c $(CORE_SRCS) $(CORE_HDRS)
 unit: $(BUILD)/test_core $(BUILD)/test_fold
 	$(BUILD)/test_core
 	$(BUILD)/test_fold
+unit: unit-webhook
+unit-webhook: $(BUILD)/test_webhook
+	$(BUILD)/test_webhook
 
 # short runs, part of make test (t/01-fuzz.t)
 fuzz-short: $(BUILD)/fuzz_token $(BUILD)/fuzz_normalize
+fuzz-short: $(BUILD)/fuzz_webhook
 
 fuzz: $(BUILD)/fuzz_token $(BUILD)/fuzz_normalize
 	@mkdir -p $(BUILD)/corpus-token $(BUILD)/corpus-normalize
@@ -79,6 +103,11 @@ fuzz: $(BUILD)/fuzz_token $(BUILD)/fuzz_normalize
 	    $(BUILD)/corpus-token fuzz/seeds/token
 	$(BUILD)/fuzz_normalize -max_total_time=$(FUZZ_TIME) \
 	    $(BUILD)/corpus-normalize fuzz/seeds/normalize
+fuzz: fuzz-webhook
+fuzz-webhook: $(BUILD)/fuzz_webhook
+	@mkdir -p $(BUILD)/corpus-webhook
+	$(BUILD)/fuzz_webhook -max_total_time=$(FUZZ_TIME) \
+	    $(BUILD)/corpus-webhook fuzz/seeds/webhook
 
 test: deps all fuzz-short
 	prove -r t/
