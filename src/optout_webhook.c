@@ -197,9 +197,11 @@ optout_wh_form_decode(const char *in, size_t len, char *buf,
             }
         }
 
+        /* no "=": an empty value, still pointing inside buf */
+
         p->name = buf + i;
         p->name_len = nlen;
-        p->value = buf + eq + 1;
+        p->value = eq < end ? buf + eq + 1 : buf + eq;
         p->value_len = vlen;
 
         (*n)++;
@@ -372,7 +374,9 @@ optout_wh_twilio_verify(const unsigned char *token, size_t token_len,
         return rc;
     }
 
-    qsort(params, n, sizeof(optout_wh_param_t), wh_param_cmp);
+    if (n > 1) {
+        qsort(params, n, sizeof(optout_wh_param_t), wh_param_cmp);
+    }
 
     len = url_len;
 

@@ -1,6 +1,7 @@
 #!/usr/bin/perl
 
-# Short libFuzzer runs (10 s each) of the token decoder and the
+# Short libFuzzer runs (10 s each) of the token decoder, the webhook
+# form decoder and signature parsers, and the
 # normalizers, starting from a temporary copy of fuzz/seeds/*; a crash or
 # a property violation (abort) makes the fuzzer exit non-zero.
 # OPTOUT_FUZZ_TIME overrides the duration.
@@ -18,7 +19,7 @@ use Test::More;
 
 my $root = abs_path(File::Spec->catdir(dirname(abs_path($0)),
                                        File::Spec->updir));
-my @fuzzers = qw(token normalize);
+my @fuzzers = qw(token normalize webhook);
 my $time = $ENV{OPTOUT_FUZZ_TIME} || 10;
 
 my @missing = grep { !-x "$root/build/fuzz_$_" } @fuzzers;
