@@ -1,9 +1,9 @@
 #!/usr/bin/perl
 
-# Short libFuzzer runs (10 s each) of the token decoder, the webhook
-# form decoder and signature parsers, and the
-# normalizers, starting from a temporary copy of fuzz/seeds/*; a crash or
-# a property violation (abort) makes the fuzzer exit non-zero.
+# Short libFuzzer runs (10 s each) of the token decoder, the normalizers
+# and the webhook verifiers, starting from a temporary copy of
+# fuzz/seeds/*; a crash or a property violation (abort) makes the fuzzer
+# exit non-zero.
 # OPTOUT_FUZZ_TIME overrides the duration.
 
 use strict;

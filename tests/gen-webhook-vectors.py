@@ -62,6 +62,12 @@ out("twilio_json_url", jurl)
 out("twilio_json_body", body)
 out("twilio_json_sig", twilio(token, jurl, []))
 
+# a signed URL whose bodySHA256 differs from the body's in the last digit
+bad = digest[:-1] + ("0" if digest[-1] != "0" else "1")
+burl = "https://hooks.example.com/sms/inbound?bodySHA256=" + bad
+out("twilio_badhash_url", burl)
+out("twilio_badhash_sig", twilio(token, burl, []))
+
 # Telnyx: Ed25519 over "timestamp|body", key from a fixed seed
 seed = hashlib.sha256(b"optout webhook test key").digest()
 sk = Ed25519PrivateKey.from_private_bytes(seed)

@@ -405,6 +405,11 @@ test_twilio_json(void)
           "twilio json: wrong signature");
     free(s);
 
+    is_rc(twilio_json(v("twilio_badhash_url"), body,
+                      v("twilio_badhash_sig")),
+          OPTOUT_WH_BODY_HASH,
+          "twilio json: signed bodySHA256 wrong in its last digit");
+
     is_rc(twilio_json(v("twilio_form_url"), body, v("twilio_nohash_sig")),
           OPTOUT_WH_BODY_HASH,
           "twilio json: a signed URL without bodySHA256");
