@@ -249,9 +249,10 @@ int
 optout_wh_base64_decode(const char *in, size_t len, unsigned char *out,
     size_t out_size, size_t *out_len)
 {
-    int       v, pad;
-    size_t    i, n;
-    uint32_t  acc;
+    int          v, pad;
+    size_t       i, n;
+    uint32_t     acc;
+    const char  *p;
 
     static const char  b64[] =
         "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -276,8 +277,6 @@ optout_wh_base64_decode(const char *in, size_t len, unsigned char *out,
     acc = 0;
 
     for (i = 0; i < len - pad; i++) {
-        const char  *p;
-
         p = in[i] ? memchr(b64, in[i], 64) : NULL;
         if (p == NULL) {
             return -1;
