@@ -25,10 +25,12 @@ JNL_SRCS  := src/optout_journal.c src/optout_journal.h
 FOLD_SRCS := src/optout_fold.c src/optout_fold.h
 PIPE_SRCS := src/optout_pipe.c src/optout_pipe.h
 KW_SRCS   := src/optout_keyword.c src/optout_keyword.h
+WH_SRCS   := src/optout_webhook.c src/optout_webhook.h
 MOD_SRCS  := $(wildcard src/ngx_http_optout_*.c src/ngx_http_optout_*.h) \
              $(MC_SRCS) $(JNL_SRCS)
 
 .PHONY: all module tools deps test unit fuzz fuzz-short run bench deb clean
+.PHONY: webhook-vectors
 
 all: module tools
 
@@ -42,7 +44,7 @@ $(BUILD)/ngx_http_optout_module.so: config $(MOD_SRCS) $(CORE_SRCS) \
 	@NGINX_SRC="$(NGINX_SRC)" bash tools/build-module.sh
 
 tools: $(BUILD)/optoutctl $(BUILD)/test_core $(BUILD)/test_fold \
-       $(BUILD)/test_keyword
+       $(BUILD)/test_keyword $(BUILD)/test_webhook
 
 $(BUILD)/optoutctl: tools/optoutctl.c $(CORE_SRCS) $(CORE_HDRS) $(MC_SRCS) \
                    $(JNL_SRCS) $(FOLD_SRCS) $(PIPE_SRCS)
@@ -75,28 +77,51 @@ $(BUILD)/fuzz_keyword: fuzz/fuzz_keyword.c $(KW_SRCS)
 	    -fno-sanitize-recover=all -Isrc -o $@ $< src/optout_keyword.c \
 	    -lunistring
 
+$(BUILD)/test_webhook: tests/unit/test_webhook.c $(CORE_SRCS) $(CORE_HDRS) \
+                       $(WH_SRCS)
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) $(WARN) -Isrc -o $@ tests/unit/test_webhook.c \
+	    $(CORE_SRCS) src/optout_webhook.c $(LIBS)
+
+# regenerates tests/webhook-vectors.txt (needs python3-cryptography)
+webhook-vectors:
+	python3 tests/gen-webhook-vectors.py > tests/webhook-vectors.txt
+
+$(BUILD)/fuzz_webhook: fuzz/fuzz_webhook.c $(CORE_SRCS) $(CORE_HDRS) \
+                       $(WH_SRCS)
+	@mkdir -p $(BUILD)
+	$(FUZZ_CC) -g -O1 -fsanitize=fuzzer,address,undefined \
+	    -fno-sanitize-recover=all -Isrc -o $@ $< $(CORE_SRCS) \
+	    src/optout_webhook.c $(LIBS)
+
 $(BUILD)/fuzz_%: fuzz/fuzz_%.c $(CORE_SRCS) $(CORE_HDRS)
 	@mkdir -p $(BUILD)
 	$(FUZZ_CC) -g -O1 -fsanitize=fuzzer,address,undefined \
 	    -fno-sanitize-recover=all -Isrc -o $@ $< $(CORE_SRCS) $(LIBS)
 
-unit: $(BUILD)/test_core $(BUILD)/test_fold $(BUILD)/test_keyword
+unit: $(BUILD)/test_core $(BUILD)/test_fold $(BUILD)/test_keyword \
+      $(BUILD)/test_webhook
 	$(BUILD)/test_core
 	$(BUILD)/test_fold
 	$(BUILD)/test_keyword
+	$(BUILD)/test_webhook
 
 # short runs, part of make test (t/01-fuzz.t)
-fuzz-short: $(BUILD)/fuzz_token $(BUILD)/fuzz_normalize $(BUILD)/fuzz_keyword
+fuzz-short: $(BUILD)/fuzz_token $(BUILD)/fuzz_normalize $(BUILD)/fuzz_keyword \
+            $(BUILD)/fuzz_webhook
 
-fuzz: $(BUILD)/fuzz_token $(BUILD)/fuzz_normalize $(BUILD)/fuzz_keyword
+fuzz: $(BUILD)/fuzz_token $(BUILD)/fuzz_normalize $(BUILD)/fuzz_keyword \
+      $(BUILD)/fuzz_webhook
 	@mkdir -p $(BUILD)/corpus-token $(BUILD)/corpus-normalize \
-	    $(BUILD)/corpus-keyword
+	    $(BUILD)/corpus-keyword $(BUILD)/corpus-webhook
 	$(BUILD)/fuzz_token -max_total_time=$(FUZZ_TIME) \
 	    $(BUILD)/corpus-token fuzz/seeds/token
 	$(BUILD)/fuzz_normalize -max_total_time=$(FUZZ_TIME) \
 	    $(BUILD)/corpus-normalize fuzz/seeds/normalize
 	$(BUILD)/fuzz_keyword -max_total_time=$(FUZZ_TIME) \
 	    $(BUILD)/corpus-keyword fuzz/seeds/keyword
+	$(BUILD)/fuzz_webhook -max_total_time=$(FUZZ_TIME) \
+	    $(BUILD)/corpus-webhook fuzz/seeds/webhook
 
 test: deps all fuzz-short
 	prove -r t/
