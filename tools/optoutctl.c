@@ -3497,7 +3497,7 @@ octl_main_usage(FILE *out)
 
     fputs("\n"
           "Run 'optoutctl COMMAND --help' for the options of a command.\n"
-          "See docs/optoutctl.md.\n", out);
+          "See optoutctl(1) or docs/optoutctl.md.\n", out);
 
     return 0;
 }
