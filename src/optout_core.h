@@ -144,6 +144,8 @@ int optout_source_parse(const char *name, size_t len);
 const char *optout_channel_name(unsigned channel);
 
 /* journal */
+int optout_parse_u64(const char *p, size_t n, uint64_t max, uint64_t *v);
+
 /* JSON string contents, at most max characters; 6 bytes an input byte */
 #define OPTOUT_JSON_ESCAPED(n)  ((n) * 6)
 size_t optout_json_escape(const char *in, size_t n, size_t max, char *out);

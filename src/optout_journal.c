@@ -18,7 +18,6 @@ static int optout_journal_fail(char *err, size_t err_len, const char *fmt,
     ...);
 static const char *optout_journal_string(json_t *obj, const char *name,
     size_t *len);
-static int optout_journal_u64(const char *s, size_t len, uint64_t *out);
 static int optout_journal_rule(json_t *root, optout_journal_entry_t *e,
     double t, char *err, size_t err_len);
 static void optout_journal_optin(json_t *root, optout_journal_entry_t *e);
@@ -53,40 +52,6 @@ optout_journal_string(json_t *obj, const char *name, size_t *len)
     *len = json_string_length(v);
 
     return json_string_value(v);
-}
-
-
-/* a decimal uint64: digits only, no sign, no spaces */
-
-static int
-optout_journal_u64(const char *s, size_t len, uint64_t *out)
-{
-    size_t    i;
-    uint64_t  v, d;
-
-    if (len == 0 || len > 20) {
-        return -1;
-    }
-
-    v = 0;
-
-    for (i = 0; i < len; i++) {
-        if (s[i] < '0' || s[i] > '9') {
-            return -1;
-        }
-
-        d = (uint64_t) (s[i] - '0');
-
-        if (v > (UINT64_MAX - d) / 10) {
-            return -1;
-        }
-
-        v = v * 10 + d;
-    }
-
-    *out = v;
-
-    return 0;
 }
 
 
@@ -234,8 +199,8 @@ optout_journal_rule(json_t *root, optout_journal_entry_t *e, double t,
     v = json_object_get(root, "campaign");
 
     if (v != NULL && json_is_string(v)) {
-        rc = optout_journal_u64(json_string_value(v), json_string_length(v),
-                                &campaign);
+        rc = optout_parse_u64(json_string_value(v), json_string_length(v),
+                              UINT64_MAX, &campaign);
 
     } else if (v != NULL && json_is_integer(v) && json_integer_value(v) >= 0)
     {
@@ -316,8 +281,8 @@ optout_journal_optin(json_t *root, optout_journal_entry_t *e)
     v = json_object_get(root, "campaign");
 
     if (v != NULL && json_is_string(v)
-        && optout_journal_u64(json_string_value(v), json_string_length(v),
-                              &campaign)
+        && optout_parse_u64(json_string_value(v), json_string_length(v),
+                            UINT64_MAX, &campaign)
            == 0)
     {
         e->rule.campaign = campaign;

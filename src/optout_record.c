@@ -29,8 +29,6 @@ static const char  *optout_channels[] = { "sms", "email" };
 
 
 static int optout_dest_valid(const optout_dest_t *dest);
-static int optout_parse_u64(const char *p, size_t n, uint64_t max,
-    uint64_t *v);
 static void optout_put(optout_buf_t *b, const char *s, size_t n);
 static void optout_put_str(optout_buf_t *b, const char *s);
 static void optout_put_json(optout_buf_t *b, const char *s, size_t n);
@@ -234,9 +232,9 @@ optout_rule_format(const optout_rule_t *rule, char *out)
 }
 
 
-/* plain decimal: digits only, no sign, no leading zeros */
+/* plain decimal: digits only, no sign, no leading zeros, at most max */
 
-static int
+int
 optout_parse_u64(const char *p, size_t n, uint64_t max, uint64_t *v)
 {
     size_t    i;

@@ -458,46 +458,12 @@ octl_getopt(int argc, char **argv, const char *cmd, const char *optstring,
 }
 
 
-/* a decimal uint64: digits only, no sign, no spaces */
-
-static int
-octl_parse_u64(const char *s, size_t len, uint64_t *out)
-{
-    size_t    i;
-    uint64_t  v, d;
-
-    if (len == 0 || len > 20) {
-        return -1;
-    }
-
-    v = 0;
-
-    for (i = 0; i < len; i++) {
-        if (s[i] < '0' || s[i] > '9') {
-            return -1;
-        }
-
-        d = (uint64_t) (s[i] - '0');
-
-        if (v > (UINT64_MAX - d) / 10) {
-            return -1;
-        }
-
-        v = v * 10 + d;
-    }
-
-    *out = v;
-
-    return 0;
-}
-
-
 static int
 octl_parse_key_id(const char *s, unsigned *id)
 {
     uint64_t  v;
 
-    if (octl_parse_u64(s, strlen(s), &v) != 0
+    if (optout_parse_u64(s, strlen(s), UINT64_MAX, &v) != 0
         || v < 1 || v > OPTOUT_KEY_ID_MAX)
     {
         return -1;
@@ -878,7 +844,8 @@ octl_sign(int argc, char **argv)
         return octl_usage_error("sign", "missing --campaign");
     }
 
-    if (octl_parse_u64(campaign, strlen(campaign), &ctx.link.campaign)
+    if (optout_parse_u64(campaign, strlen(campaign), UINT64_MAX,
+                         &ctx.link.campaign)
         != 0)
     {
         return octl_usage_error("sign", "invalid --campaign \"%s\" "
@@ -2141,7 +2108,7 @@ octl_parse_time(const char *s, double *out)
     uint64_t   v;
     struct tm  tm;
 
-    if (octl_parse_u64(s, strlen(s), &v) == 0) {
+    if (optout_parse_u64(s, strlen(s), UINT64_MAX, &v) == 0) {
         if (v > (uint64_t) INT64_MAX / 2) {
             return -1;
         }
@@ -3332,8 +3299,8 @@ octl_import(int argc, char **argv)
             key = optarg;
             break;
         case 'c':
-            if (octl_parse_u64(optarg, strlen(optarg), &v) != 0 || v < 1
-                || v > OCTL_CHUNK_MAX)
+            if (optout_parse_u64(optarg, strlen(optarg), OCTL_CHUNK_MAX, &v)
+                != 0 || v < 1)
             {
                 return octl_usage_error("import", "invalid --chunk \"%s\" "
                                         "(1..%d)", optarg, OCTL_CHUNK_MAX);
@@ -3342,8 +3309,9 @@ octl_import(int argc, char **argv)
             ctx.max = (size_t) v;
             break;
         case 'P':
-            if (octl_parse_u64(optarg, strlen(optarg), &v) != 0 || v < 1
-                || v > OCTL_PARALLEL_MAX)
+            if (optout_parse_u64(optarg, strlen(optarg), OCTL_PARALLEL_MAX,
+                                 &v)
+                != 0 || v < 1)
             {
                 return octl_usage_error("import", "invalid --parallel "
                                         "\"%s\" (1..%d)", optarg,
