@@ -53,19 +53,21 @@ $(BUILD)/optoutctl: tools/optoutctl.c $(CORE_SRCS) $(CORE_HDRS) $(MC_SRCS) \
 	    src/optout_memcached.c src/optout_journal.c src/optout_fold.c \
 	    src/optout_pipe.c $(LIBS) -lmemcached -ljansson -lcurl -lm
 
-$(BUILD)/test_fold: tests/unit/test_fold.c $(CORE_SRCS) $(CORE_HDRS) \
+$(BUILD)/test_fold: tests/unit/test_fold.c tests/unit/tap.h $(CORE_SRCS) \
+                    $(CORE_HDRS) \
                     $(JNL_SRCS) $(FOLD_SRCS)
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) $(WARN) -Isrc -o $@ tests/unit/test_fold.c \
 	    $(CORE_SRCS) src/optout_journal.c src/optout_fold.c \
 	    $(LIBS) -ljansson -lm
 
-$(BUILD)/test_core: tests/unit/test_core.c $(CORE_SRCS) $(CORE_HDRS)
+$(BUILD)/test_core: tests/unit/test_core.c tests/unit/tap.h $(CORE_SRCS) \
+                    $(CORE_HDRS)
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) $(WARN) -Isrc -o $@ tests/unit/test_core.c \
 	    $(CORE_SRCS) $(LIBS)
 
-$(BUILD)/test_keyword: tests/unit/test_keyword.c $(KW_SRCS)
+$(BUILD)/test_keyword: tests/unit/test_keyword.c tests/unit/tap.h $(KW_SRCS)
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) $(WARN) -Isrc -o $@ tests/unit/test_keyword.c \
 	    src/optout_keyword.c -lunistring
@@ -77,7 +79,8 @@ $(BUILD)/fuzz_keyword: fuzz/fuzz_keyword.c $(KW_SRCS)
 	    -fno-sanitize-recover=all -Isrc -o $@ $< src/optout_keyword.c \
 	    -lunistring
 
-$(BUILD)/test_webhook: tests/unit/test_webhook.c $(CORE_SRCS) $(CORE_HDRS) \
+$(BUILD)/test_webhook: tests/unit/test_webhook.c tests/unit/tap.h \
+                       $(CORE_SRCS) $(CORE_HDRS) \
                        $(WH_SRCS)
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) $(WARN) -Isrc -o $@ tests/unit/test_webhook.c \

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "optout_core.h"
+#include "tap.h"
 
 
 #define KEY1        "0123456789abcdef0123456789abcdef"
@@ -29,69 +30,7 @@
 #define LINE_MAX_   1024
 
 
-static int  tests;
-static int  failures;
-
 static optout_mac_t  *mac1, *mac2, *mac3, *smac;
-
-
-static int ok(int cond, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-static void diag(const char *fmt, ...)
-    __attribute__((format(printf, 1, 2)));
-
-
-static int
-ok(int cond, const char *fmt, ...)
-{
-    char           buf[1024];
-    va_list        args;
-    unsigned char *p;
-
-    tests++;
-
-    if (!cond) {
-        failures++;
-    }
-
-    va_start(args, fmt);
-    vsnprintf(buf, sizeof(buf), fmt, args);
-    va_end(args);
-
-    printf("%sok %d - ", cond ? "" : "not ", tests);
-
-    /* keep the TAP line on one line */
-
-    for (p = (unsigned char *) buf; *p; p++) {
-        if (*p < 0x20 || *p >= 0x7f || *p == '#' || *p == '\\') {
-            printf("\\x%02x", *p);
-
-        } else {
-            putchar(*p);
-        }
-    }
-
-    printf("\n");
-    fflush(stdout);
-
-    return cond;
-}
-
-
-static void
-diag(const char *fmt, ...)
-{
-    va_list  args;
-
-    printf("# ");
-
-    va_start(args, fmt);
-    vprintf(fmt, args);
-    va_end(args);
-
-    printf("\n");
-    fflush(stdout);
-}
 
 
 /* independent base64url helpers for building and inspecting tokens */

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "optout_fold.h"
+#include "tap.h"
 
 
 #define LINE(t, action, dest, scope, campaign)                                \
@@ -21,34 +22,9 @@
 #define ACME  "sender\",\"sender\":\"ACME"
 
 
-static int       tests;
-static int       failures;
 static char      dir[] = "/tmp/test_fold.XXXXXX";
 static unsigned  nfiles;
 static uint64_t  skips;
-
-
-static int
-ok(int cond, const char *fmt, ...)
-{
-    va_list  args;
-
-    tests++;
-
-    if (!cond) {
-        failures++;
-    }
-
-    printf("%s %d - ", cond ? "ok" : "not ok", tests);
-
-    va_start(args, fmt);
-    vprintf(fmt, args);
-    va_end(args);
-
-    putchar('\n');
-
-    return cond;
-}
 
 
 static char *

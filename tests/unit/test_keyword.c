@@ -13,51 +13,7 @@
 #include <time.h>
 
 #include "optout_keyword.h"
-
-
-static int  tests;
-static int  failures;
-
-
-static int ok(int cond, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-
-static int
-ok(int cond, const char *fmt, ...)
-{
-    char           buf[1024];
-    va_list        args;
-    unsigned char *p;
-
-    tests++;
-
-    if (!cond) {
-        failures++;
-    }
-
-    va_start(args, fmt);
-    vsnprintf(buf, sizeof(buf), fmt, args);
-    va_end(args);
-
-    printf("%sok %d - ", cond ? "" : "not ", tests);
-
-    /* keep the TAP line on one line and ASCII */
-
-    for (p = (unsigned char *) buf; *p; p++) {
-        if (*p < 0x20 || *p >= 0x7f || *p == '#' || *p == '\\') {
-            printf("\\x%02x", *p);
-
-        } else {
-            putchar(*p);
-        }
-    }
-
-    printf("\n");
-    fflush(stdout);
-
-    return cond;
-}
+#include "tap.h"
 
 
 typedef struct {

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "optout_webhook.h"
+#include "tap.h"
 
 
 #define VEC_MAX     64
@@ -26,43 +27,12 @@
 #define TWILIO_OLD_SIG  "RSOYDt4T1cUTdK1PDd93/VVr8B8="
 
 
-static int  tests;
-static int  failures;
-
 static struct {
     char   *name;
     char   *value;
 } vec[VEC_MAX];
 
 static size_t  nvec;
-
-
-static int ok(int cond, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-
-static int
-ok(int cond, const char *fmt, ...)
-{
-    va_list  args;
-
-    tests++;
-
-    if (!cond) {
-        failures++;
-    }
-
-    printf("%sok %d - ", cond ? "" : "not ", tests);
-
-    va_start(args, fmt);
-    vprintf(fmt, args);
-    va_end(args);
-
-    printf("\n");
-    fflush(stdout);
-
-    return cond;
-}
 
 
 static int
