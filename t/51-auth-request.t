@@ -51,10 +51,19 @@ sub send_msg {
         headers => { 'Content-Type' => 'application/json', %h }));
 }
 
+# the upstream logs a request after answering it: count once the log has
+# not grown for 200 ms (at most 3 s), so a line still being written is in
 sub upstream_count {
     my ($t) = @_;
-    my @l = $t->file_lines('logs/upstream.log');
-    return scalar @l;
+    my $n = scalar(my @l = $t->file_lines('logs/upstream.log'));
+    my $deadline = time + 3;
+    while (time < $deadline) {
+        sleep 0.2;
+        my $m = scalar(@l = $t->file_lines('logs/upstream.log'));
+        last if $m == $n;
+        $n = $m;
+    }
+    return $n;
 }
 
 sub sent_ok {
