@@ -41,6 +41,20 @@ for my $example (@examples) {
         system($ctl, 'keygen', $path) == 0 or die "keygen $path";
     }
 
+    # webhook secrets (made like keys: mode 0600) and public keys
+    while ($conf =~ /^\s*optout_inbound_verify\s+(twilio|hmac|telnyx)\s+([^\s;]+)/mg) {
+        my ($scheme, $key) = ($1, $2);
+        my $path = $key =~ m{^/} ? $key : "$dir/conf/$key";
+        make_path(dirname($path));
+        if ($scheme eq 'telnyx') {
+            system("openssl genpkey -algorithm ed25519 2>/dev/null "
+                   . "| openssl pkey -pubout -out '$path' 2>/dev/null") == 0
+                or die "openssl ed25519 $path";
+        } else {
+            system($ctl, 'keygen', $path) == 0 or die "keygen $path";
+        }
+    }
+
     for my $file ($conf =~ /^\s*(?:optout_journal|access_log|error_log|pid)\s+(\S+)/mg) {
         $file =~ s/;$//;
         make_path(dirname($file =~ m{^/} ? $file : "$dir/$file"));

@@ -414,9 +414,10 @@ my @bad = (
     [ 'optout_keyword stop country=FRA ARRET;', qr/invalid country "FRA"/ ],
     [ 'optout_keyword pause WAIT;', qr/pause/ ],
     [ 'optout_keyword_reply stop "Unsubscribed. Bye";',
-      qr/at least 20 characters/ ],
+      qr/reply of 17 characters, at least 20 are required/ ],
+    # 18 characters in 20 bytes: characters are counted, not bytes
     [ 'optout_keyword_reply help "Réponse trop brève";',
-      qr/at least 20 characters/ ],
+      qr/reply of 18 characters, at least 20 are required/ ],
     [ 'optout_keyword_reply stop country=1X "You are unsubscribed, bye now.";',
       qr/1X/ ],
     [ 'optout_keyword_match last_word;', qr/last_word/ ],
