@@ -101,7 +101,11 @@ sub sms_params {
 my $TOKEN = $V{twilio_form_token};
 my $HKEY = $V{generic_key};
 $t->write_file('twilio.token', "$TOKEN\n", 0600);
-$t->write_file('doc.token', "12345\n", 0600);
+# Twilio's documented token is "12345"; key files hold at least 32 bytes
+# (real auth tokens have 32).  HMAC pads a key shorter than its block with
+# zero bytes (RFC 2104), so "12345" and 27 NUL bytes is the same HMAC key.
+$t->write_file('doc.token', "12345" . ("\0" x 27), 0600);
+$t->write_file('short.token', "12345\n", 0600);
 $t->write_file('hmac.key', "$HKEY\n", 0600);
 $t->write_file('telnyx.pub', "$V{telnyx_pubkey_raw_b64}\n", 0644);
 $t->write_file('telnyx.pem', "-----BEGIN PUBLIC KEY-----\n"
@@ -610,6 +614,8 @@ my @bad = (
       qr/hmac\.key/ ],
     [ 'optout_inbound; optout_inbound_verify rsa %%PREFIX%%/hmac.key;',
       qr/rsa/ ],
+    [ 'optout_inbound; optout_inbound_verify twilio %%PREFIX%%/short.token;',
+      qr/short\.token" holds 5 bytes, at least 32 are required/ ],
 );
 $t->write_file('loose.key', "$HKEY\n", 0644);
 for my $b (@bad) {
