@@ -26,8 +26,9 @@ FOLD_SRCS := src/optout_fold.c src/optout_fold.h
 PIPE_SRCS := src/optout_pipe.c src/optout_pipe.h
 KW_SRCS   := src/optout_keyword.c src/optout_keyword.h
 WH_SRCS   := src/optout_webhook.c src/optout_webhook.h
+IN_SRCS   := src/optout_inbound.c src/optout_inbound.h
 MOD_SRCS  := $(wildcard src/ngx_http_optout_*.c src/ngx_http_optout_*.h) \
-             $(MC_SRCS) $(JNL_SRCS)
+             $(MC_SRCS) $(JNL_SRCS) $(KW_SRCS) $(WH_SRCS) $(IN_SRCS)
 
 .PHONY: all module tools deps test unit fuzz fuzz-short run bench deb clean
 .PHONY: webhook-vectors
