@@ -58,7 +58,8 @@ static int optout_in_fail(char *err, size_t err_len, int rc,
     const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 static int optout_in_add(optout_in_msgs_t *out, size_t max,
     const char *from, size_t from_len, const char *to, size_t to_len,
-    const char *text, size_t text_len);
+    const char *text, size_t text_len, int plus);
+static int optout_in_international(const char *s, size_t len);
 static int optout_in_string(json_t *obj, const char *name, int required,
     const char **s, size_t *len);
 static int optout_in_generic(json_t *root, size_t max, optout_in_msgs_t *out,
@@ -178,6 +179,9 @@ done:
 
     if (rc == OPTOUT_IN_ENOMEM) {
         optout_in_fail(err, err_len, rc, "out of memory");
+
+    } else if (rc == OPTOUT_IN_TOOMANY && err_len && err[0] == '\0') {
+        optout_in_fail(err, err_len, rc, "more than %zu messages", max);
     }
 
     if (rc != OPTOUT_IN_OK) {
@@ -204,13 +208,17 @@ optout_in_msgs_free(optout_in_msgs_t *m)
 }
 
 
-/* one message: from, to and text copied into one allocation */
+/*
+ * One message: from, to and text copied into one allocation.  plus: a
+ * number written without its "+" (Infobip) gets it back.
+ */
 
 static int
 optout_in_add(optout_in_msgs_t *out, size_t max, const char *from,
     size_t from_len, const char *to, size_t to_len, const char *text,
-    size_t text_len)
+    size_t text_len, int plus)
 {
+    int               from_plus, to_plus;
     char             *p;
     optout_in_msg_t  *m;
 
@@ -225,7 +233,10 @@ optout_in_add(optout_in_msgs_t *out, size_t max, const char *from,
         }
     }
 
-    p = malloc(from_len + to_len + text_len + 3);
+    from_plus = plus && optout_in_international(from, from_len);
+    to_plus = plus && optout_in_international(to, to_len);
+
+    p = malloc(from_len + to_len + text_len + 5);
     if (p == NULL) {
         return OPTOUT_IN_ENOMEM;
     }
@@ -233,13 +244,19 @@ optout_in_add(optout_in_msgs_t *out, size_t max, const char *from,
     m = &out->msgs[out->n++];
 
     m->from = p;
-    m->from_len = from_len;
+    m->from_len = from_len + from_plus;
+    if (from_plus) {
+        *p++ = '+';
+    }
     memcpy(p, from, from_len);
     p += from_len;
     *p++ = '\0';
 
     m->to = p;
-    m->to_len = to_len;
+    m->to_len = to_len + to_plus;
+    if (to_plus) {
+        *p++ = '+';
+    }
     memcpy(p, to, to_len);
     p += to_len;
     *p++ = '\0';
@@ -250,6 +267,30 @@ optout_in_add(optout_in_msgs_t *out, size_t max, const char *from,
     p[text_len] = '\0';
 
     return OPTOUT_IN_OK;
+}
+
+
+/*
+ * An international number without "+": 8 to 15 digits, the first 1-9
+ * (as E.164); shorter digit strings are short codes and stay as they are.
+ */
+
+static int
+optout_in_international(const char *s, size_t len)
+{
+    size_t  i;
+
+    if (len < 8 || len > 15 || s[0] < '1' || s[0] > '9') {
+        return 0;
+    }
+
+    for (i = 1; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9') {
+            return 0;
+        }
+    }
+
+    return 1;
 }
 
 
@@ -306,7 +347,7 @@ optout_in_generic(json_t *root, size_t max, optout_in_msgs_t *out,
     }
 
     return optout_in_add(out, max, from, from_len, to, to_len, text,
-                         text_len);
+                         text_len, 0);
 }
 
 
@@ -389,11 +430,14 @@ optout_in_telnyx(json_t *root, size_t max, optout_in_msgs_t *out,
     }
 
     return optout_in_add(out, max, from, from_len, to, to_len, text,
-                         text_len);
+                         text_len, 0);
 }
 
 
-/* {"results": [{"from", "to", "text", "cleanText", ...}, ...]} */
+/*
+ * {"results": [{"from", "to", "text", "cleanText", ...}, ...]}; Infobip
+ * writes international numbers without "+" ("385916242493").
+ */
 
 static int
 optout_in_infobip(json_t *root, size_t max, optout_in_msgs_t *out,
@@ -448,7 +492,7 @@ optout_in_infobip(json_t *root, size_t max, optout_in_msgs_t *out,
         }
 
         rc = optout_in_add(out, max, from, from_len, to, to_len, text,
-                           text_len);
+                           text_len, 1);
         if (rc != OPTOUT_IN_OK) {
             return rc;
         }
@@ -511,7 +555,8 @@ optout_in_twilio(const char *body, size_t len, size_t max,
         goto done;
     }
 
-    rc = optout_in_add(out, max, from, from_len, to, to_len, text, text_len);
+    rc = optout_in_add(out, max, from, from_len, to, to_len, text, text_len,
+                       0);
 
 done:
 
