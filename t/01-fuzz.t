@@ -2,9 +2,8 @@
 
 # Short libFuzzer runs (10 s each) of the token decoder, the normalizers,
 # the keyword matcher, the webhook verifiers and the inbound parsers and
-# answers, starting from a temporary
-# copy of fuzz/seeds/*; a crash or a property violation (abort) makes the
-# fuzzer exit non-zero.
+# answers, starting from a temporary copy of fuzz/seeds/*; a crash or a
+# property violation (abort) makes the fuzzer exit non-zero.
 # OPTOUT_FUZZ_TIME overrides the duration.
 
 use strict;
