@@ -139,7 +139,8 @@ test_generic(void)
         "{\"from\":\"+447700900123\",\"to\":\"ACME\",\"text\":\"stop!!\","
         "\"id\":17}";
     static const char  noto[] =
-        "{\"text\":\"\\u0421\\u0422\\u041e\\u041f\",\"from\":\"+33612345678\"}";
+        "{\"text\":\"\\u0421\\u0422\\u041e\\u041f\","
+        "\"from\":\"+33612345678\"}";
 
     rc = optout_in_parse(OPTOUT_IN_GENERIC, S(ok1), 100, &m, err,
                          sizeof(err));
