@@ -129,6 +129,7 @@ optout_in_parse(int format, const char *body, size_t len, size_t max,
     optout_in_msgs_t *out, char *err, size_t err_len)
 {
     int            rc;
+    char          *near;
     json_t        *root;
     json_error_t   jerr;
 
@@ -156,8 +157,15 @@ optout_in_parse(int format, const char *body, size_t len, size_t max,
     root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
 
     if (root == NULL) {
+        /* jansson quotes the body ("near '...'"): not for the log */
+        near = strstr(jerr.text, " near ");
+        if (near != NULL) {
+            *near = '\0';
+        }
+
         return optout_in_fail(err, err_len, OPTOUT_IN_MALFORMED,
-                              "not valid JSON: %s", jerr.text);
+                              "not valid JSON: %s at byte %d", jerr.text,
+                              jerr.position);
     }
 
     if (!json_is_object(root)) {
