@@ -180,7 +180,7 @@ test_generic(void)
             100, OPTOUT_IN_MALFORMED, "truncated JSON");
     refused(OPTOUT_IN_GENERIC, "", 0, 100, OPTOUT_IN_MALFORMED, "empty body");
 
-    rc = optout_in_parse(OPTOUT_IN_GENERIC, S("{\"from\":+447700900123}"),
+    rc = optout_in_parse(OPTOUT_IN_GENERIC, S("{\"from\":\"+447700900123"),
                          100, &m, err, sizeof(err));
     ok(rc == OPTOUT_IN_MALFORMED && strstr(err, "447700900123") == NULL
        && strstr(err, "at byte") != NULL,
