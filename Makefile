@@ -26,8 +26,9 @@ FOLD_SRCS := src/optout_fold.c src/optout_fold.h
 PIPE_SRCS := src/optout_pipe.c src/optout_pipe.h
 KW_SRCS   := src/optout_keyword.c src/optout_keyword.h
 WH_SRCS   := src/optout_webhook.c src/optout_webhook.h
+IN_SRCS   := src/optout_inbound.c src/optout_inbound.h
 MOD_SRCS  := $(wildcard src/ngx_http_optout_*.c src/ngx_http_optout_*.h) \
-             $(MC_SRCS) $(JNL_SRCS)
+             $(MC_SRCS) $(JNL_SRCS) $(KW_SRCS) $(WH_SRCS) $(IN_SRCS)
 
 .PHONY: all module tools deps test unit fuzz fuzz-short run bench deb clean
 .PHONY: webhook-vectors
@@ -44,7 +45,7 @@ $(BUILD)/ngx_http_optout_module.so: config $(MOD_SRCS) $(CORE_SRCS) \
 	@NGINX_SRC="$(NGINX_SRC)" bash tools/build-module.sh
 
 tools: $(BUILD)/optoutctl $(BUILD)/test_core $(BUILD)/test_fold \
-       $(BUILD)/test_keyword $(BUILD)/test_webhook
+       $(BUILD)/test_keyword $(BUILD)/test_webhook $(BUILD)/test_inbound
 
 $(BUILD)/optoutctl: tools/optoutctl.c $(CORE_SRCS) $(CORE_HDRS) $(MC_SRCS) \
                    $(JNL_SRCS) $(FOLD_SRCS) $(PIPE_SRCS)
@@ -97,26 +98,44 @@ $(BUILD)/fuzz_webhook: fuzz/fuzz_webhook.c $(CORE_SRCS) $(CORE_HDRS) \
 	    -fno-sanitize-recover=all -Isrc -o $@ $< $(CORE_SRCS) \
 	    src/optout_webhook.c $(LIBS)
 
+$(BUILD)/test_inbound: tests/unit/test_inbound.c tests/unit/tap.h \
+                       $(CORE_SRCS) $(CORE_HDRS) $(JNL_SRCS) $(WH_SRCS) \
+                       $(IN_SRCS) src/optout_keyword.h
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) $(WARN) -Isrc -o $@ tests/unit/test_inbound.c \
+	    $(CORE_SRCS) src/optout_journal.c src/optout_webhook.c \
+	    src/optout_inbound.c $(LIBS) -ljansson -lunistring -lm
+
+$(BUILD)/fuzz_inbound: fuzz/fuzz_inbound.c $(CORE_SRCS) $(CORE_HDRS) \
+                       $(WH_SRCS) $(IN_SRCS) src/optout_keyword.h
+	@mkdir -p $(BUILD)
+	$(FUZZ_CC) -g -O1 -fsanitize=fuzzer,address,undefined \
+	    -fno-sanitize-recover=all -Isrc -o $@ $< $(CORE_SRCS) \
+	    src/optout_webhook.c src/optout_inbound.c $(LIBS) -ljansson \
+	    -lunistring
+
 $(BUILD)/fuzz_%: fuzz/fuzz_%.c $(CORE_SRCS) $(CORE_HDRS)
 	@mkdir -p $(BUILD)
 	$(FUZZ_CC) -g -O1 -fsanitize=fuzzer,address,undefined \
 	    -fno-sanitize-recover=all -Isrc -o $@ $< $(CORE_SRCS) $(LIBS)
 
 unit: $(BUILD)/test_core $(BUILD)/test_fold $(BUILD)/test_keyword \
-      $(BUILD)/test_webhook
+      $(BUILD)/test_webhook $(BUILD)/test_inbound
 	$(BUILD)/test_core
 	$(BUILD)/test_fold
 	$(BUILD)/test_keyword
 	$(BUILD)/test_webhook
+	$(BUILD)/test_inbound
 
 # short runs, part of make test (t/01-fuzz.t)
 fuzz-short: $(BUILD)/fuzz_token $(BUILD)/fuzz_normalize $(BUILD)/fuzz_keyword \
-            $(BUILD)/fuzz_webhook
+            $(BUILD)/fuzz_webhook $(BUILD)/fuzz_inbound
 
 fuzz: $(BUILD)/fuzz_token $(BUILD)/fuzz_normalize $(BUILD)/fuzz_keyword \
-      $(BUILD)/fuzz_webhook
+      $(BUILD)/fuzz_webhook $(BUILD)/fuzz_inbound
 	@mkdir -p $(BUILD)/corpus-token $(BUILD)/corpus-normalize \
-	    $(BUILD)/corpus-keyword $(BUILD)/corpus-webhook
+	    $(BUILD)/corpus-keyword $(BUILD)/corpus-webhook \
+	    $(BUILD)/corpus-inbound
 	$(BUILD)/fuzz_token -max_total_time=$(FUZZ_TIME) \
 	    $(BUILD)/corpus-token fuzz/seeds/token
 	$(BUILD)/fuzz_normalize -max_total_time=$(FUZZ_TIME) \
@@ -125,6 +144,8 @@ fuzz: $(BUILD)/fuzz_token $(BUILD)/fuzz_normalize $(BUILD)/fuzz_keyword \
 	    $(BUILD)/corpus-keyword fuzz/seeds/keyword
 	$(BUILD)/fuzz_webhook -max_total_time=$(FUZZ_TIME) \
 	    $(BUILD)/corpus-webhook fuzz/seeds/webhook
+	$(BUILD)/fuzz_inbound -max_total_time=$(FUZZ_TIME) \
+	    $(BUILD)/corpus-inbound fuzz/seeds/inbound
 
 test: deps all fuzz-short
 	prove -r t/

@@ -102,6 +102,8 @@ typedef struct {
     size_t          client_len;
     const char     *user;                      /* NULL: none */
     size_t          user_len;
+    const char     *keyword;                   /* NULL: none */
+    size_t          keyword_len;
     unsigned        key_id;
 } optout_journal_rec_t;
 

@@ -564,6 +564,11 @@ optout_journal_format(const optout_journal_rec_t *rec, char *out,
     optout_put_str(&b, "\",\"source\":\"");
     optout_put_str(&b, optout_source_name(rec->source));
 
+    if (rec->keyword && rec->keyword_len) {
+        optout_put_str(&b, "\",\"keyword\":\"");
+        optout_put_json(&b, rec->keyword, rec->keyword_len);
+    }
+
     optout_put_str(&b, "\",\"channel\":\"");
     optout_put_str(&b, optout_channel_name(rec->dest->type));
 

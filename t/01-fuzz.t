@@ -1,9 +1,9 @@
 #!/usr/bin/perl
 
 # Short libFuzzer runs (10 s each) of the token decoder, the normalizers,
-# the keyword matcher and the webhook verifiers, starting from a temporary
-# copy of fuzz/seeds/*; a crash or a property violation (abort) makes the
-# fuzzer exit non-zero.
+# the keyword matcher, the webhook verifiers and the inbound parsers and
+# answers, starting from a temporary copy of fuzz/seeds/*; a crash or a
+# property violation (abort) makes the fuzzer exit non-zero.
 # OPTOUT_FUZZ_TIME overrides the duration.
 
 use strict;
@@ -19,7 +19,7 @@ use Test::More;
 
 my $root = abs_path(File::Spec->catdir(dirname(abs_path($0)),
                                        File::Spec->updir));
-my @fuzzers = qw(token normalize keyword webhook);
+my @fuzzers = qw(token normalize keyword webhook inbound);
 my $time = $ENV{OPTOUT_FUZZ_TIME} || 10;
 
 my @missing = grep { !-x "$root/build/fuzz_$_" } @fuzzers;
