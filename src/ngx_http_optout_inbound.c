@@ -17,6 +17,10 @@
 #define NGX_HTTP_OPTOUT_IN_LINE_MAX     2048
 #define NGX_HTTP_OPTOUT_IN_CAMPAIGN_MAX ((1ULL << 35) - 1)   /* as the API */
 
+/* a message refused: not HTTP statuses, not NGX_* codes */
+#define NGX_HTTP_OPTOUT_IN_EFROM        1
+#define NGX_HTTP_OPTOUT_IN_ETO          2
+
 #define NGX_HTTP_OPTOUT_IN_ALLOWED      0
 #define NGX_HTTP_OPTOUT_IN_BLOCKED      1
 #define NGX_HTTP_OPTOUT_IN_UNKNOWN      2
@@ -220,6 +224,18 @@ ngx_http_optout_inbound_start(ngx_http_request_t *r,
     olcf = ngx_http_get_module_loc_conf(r, ngx_http_optout_module);
 
     rc = ngx_http_optout_inbound_read(r, ctx);
+
+    if (rc == NGX_DECLINED) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "optout: inbound body larger than "
+                      "client_body_buffer_size");
+
+        return ngx_http_optout_api_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                         "41310", "Too large",
+                                         "The body does not fit in "
+                                         "client_body_buffer_size.");
+    }
+
     if (rc != NGX_OK) {
         return rc;
     }
@@ -273,7 +289,7 @@ ngx_http_optout_inbound_start(ngx_http_request_t *r,
 }
 
 
-/* the body, in memory as one string */
+/* the body, in memory as one string; NGX_DECLINED: it is in a file */
 
 static ngx_int_t
 ngx_http_optout_inbound_read(ngx_http_request_t *r,
@@ -294,15 +310,7 @@ ngx_http_optout_inbound_read(ngx_http_request_t *r,
         b = cl->buf;
 
         if (b->in_file || r->request_body->temp_file) {
-            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                          "optout: inbound body larger than "
-                          "client_body_buffer_size");
-
-            return ngx_http_optout_api_error(r,
-                                         NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
-                                         "41310", "Too large",
-                                         "The body does not fit in "
-                                         "client_body_buffer_size.");
+            return NGX_DECLINED;
         }
 
         len += b->last - b->pos;
@@ -389,6 +397,22 @@ ngx_http_optout_inbound_verified(ngx_http_request_t *r,
     for (i = 0; i < ctx->msgs.n; i++) {
         nrc = ngx_http_optout_inbound_match(r, ctx, &ctx->msgs.msgs[i],
                                             &ctx->m[i]);
+
+        if (nrc == NGX_HTTP_OPTOUT_IN_EFROM) {
+            return ngx_http_optout_api_error(r, NGX_HTTP_BAD_REQUEST,
+                                             "40001", "Invalid from",
+                                             "The sender of a message is "
+                                             "not a phone number.");
+        }
+
+        if (nrc == NGX_HTTP_OPTOUT_IN_ETO) {
+            return ngx_http_optout_api_error(r, NGX_HTTP_BAD_REQUEST,
+                                             "40002", "Invalid to",
+                                             "The number or sender id a "
+                                             "message was sent to is not "
+                                             "valid.");
+        }
+
         if (nrc != NGX_OK) {
             return nrc;
         }
@@ -475,11 +499,7 @@ ngx_http_optout_inbound_match(ngx_http_request_t *r,
         if (!phone) {
             ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                           "optout: invalid inbound \"from\"");
-
-            return ngx_http_optout_api_error(r, NGX_HTTP_BAD_REQUEST,
-                                             "40001", "Invalid from",
-                                             "The sender of the message is "
-                                             "not a phone number.");
+            return NGX_HTTP_OPTOUT_IN_EFROM;
         }
 
         return ngx_http_optout_inbound_key(r, ctx, in, m);
@@ -505,12 +525,7 @@ ngx_http_optout_inbound_key(ngx_http_request_t *r,
     {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "optout: invalid inbound \"to\"");
-
-        return ngx_http_optout_api_error(r, NGX_HTTP_BAD_REQUEST, "40002",
-                                         "Invalid to",
-                                         "The number or sender id the "
-                                         "message was sent to is not "
-                                         "valid.");
+        return NGX_HTTP_OPTOUT_IN_ETO;
     }
 
     if (ngx_http_optout_rule_key(r, &ctx->base.ns,
@@ -944,13 +959,13 @@ ngx_http_optout_inbound_answer(ngx_http_request_t *r,
             p += ngx_http_optout_inbound_json(&m[i], p, last - p);
         }
 
-        p = ngx_cpymem(p, "]}", 2);
+        p = ngx_cpymem(p, "]}\n", 3);
 
     } else {
         p += ngx_http_optout_inbound_json(m, p, last - p);
+        *p++ = '\n';
     }
 
-    *p++ = '\n';
     ctx->answer.len = p - ctx->answer.data;
 
     return NGX_DECLINED;
