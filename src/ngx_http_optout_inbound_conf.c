@@ -69,12 +69,15 @@ ngx_http_optout_inbound_merge_conf(ngx_conf_t *cf,
     ngx_http_optout_inbound_conf_t *prev,
     ngx_http_optout_inbound_conf_t *conf)
 {
+    ngx_http_core_loc_conf_t     *clcf;
     ngx_http_optout_main_conf_t  *omcf;
 
-    /* a nested location is not an endpoint of its own */
+    /* a nested location is not an endpoint of its own, "if" is */
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
 
     if (conf->enable == NGX_CONF_UNSET) {
-        conf->enable = 0;
+        conf->enable = (clcf->noname && prev->enable == 1);
     }
 
     ngx_conf_merge_uint_value(conf->format, prev->format, OPTOUT_IN_GENERIC);

@@ -59,6 +59,7 @@ $t->setup(
 EOF
     server => <<"EOF");
         location = /check { optout_check; }
+        location = /metrics { optout_metrics; }
         location /in/ { $IN }
         location /sender/ { $IN optout_inbound_scope sender; }
         location /twilio/ { $IN optout_inbound_format twilio; }
@@ -81,6 +82,16 @@ EOF
 EOF
 
 ok($t->mc_set('optout:marker:0', '1 ' . int time), 'marker set');
+
+sub scrape {
+    my %m;
+    for (split /\n/, $t->get('/metrics')->{content} // '') {
+        $m{$1} = $2 if /^(optout_keyword_\S+)\s+(\d+)$/;
+    }
+    return \%m;
+}
+
+my $m0 = scrape();
 
 my $seq = 0;
 sub phone { sprintf '+4477009%05d', ++$seq }
@@ -343,6 +354,18 @@ is($r->{headers}{allow}, 'POST', 'GET: Allow: POST');
 is($t->journal_count, $lines, 'errors: nothing journaled');
 
 # ---------------------------------------------------------------- metrics
+
+{
+    my $m1 = scrape();
+    my %want = ('optout_keyword_actions_total{action="stop"}' => 10,
+                'optout_keyword_actions_total{action="start"}' => 2,
+                'optout_keyword_actions_total{action="help"}' => 2,
+                'optout_keyword_repeats_total' => 3);
+    for my $k (sort keys %want) {
+        is(($m1->{$k} // 'absent') - ($m0->{$k} // 0), $want{$k},
+           "metrics: $k +$want{$k}");
+    }
+}
 
 # ---------------------------------------------------------------- memcached
 
