@@ -718,7 +718,9 @@ ngx_http_optout_inbound_record(ngx_http_request_t *r,
     ngx_http_optout_change_t  *ch;
 
     for (n = 0, i = 0; i < ctx->msgs.n; i++) {
-        if (ctx->m[i].op == OPTOUT_KW_STOP || ctx->m[i].op == OPTOUT_KW_START) {
+        m = &ctx->m[i];
+
+        if (m->op == OPTOUT_KW_STOP || m->op == OPTOUT_KW_START) {
             n++;
         }
     }

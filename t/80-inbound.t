@@ -67,6 +67,7 @@ EOF
         location /proxy/ {
             $IN
             proxy_set_header X-Optout-Action \$optout_keyword_action;
+            proxy_request_buffering off;
             proxy_pass http://127.0.0.1:%%PORT:app%%/app/;
         }
         location /mirror/ { $IN mirror /m; }
@@ -110,7 +111,8 @@ sub post {
 
 sub msg {
     my ($path, $from, $text, $to) = @_;
-    return post($path, $JSON->encode({ from => $from, to => $to // '+15005550006',
+    return post($path, $JSON->encode({ from => $from,
+                                       to => $to // '+15005550006',
                                        text => $text }));
 }
 
@@ -179,7 +181,8 @@ $r = msg('/in/', $A, ' stop! ');
 is($r->{status}, 200, 'STOP again: 200');
 is_deeply($r->{json}, { action => 'stop', keyword => 'STOP', reply => undef },
           'STOP again: no reply');
-is(last_in($n), '/in/ 200 a=stop k=STOP r=', 'STOP again: $optout_reply empty');
+is(last_in($n), '/in/ 200 a=stop k=STOP r=',
+   'STOP again: $optout_reply empty');
 is(jcount($A), 2, 'STOP again: journaled');
 is(check($A), '403 blocked', 'still blocked');
 
@@ -198,7 +201,8 @@ is($j[2]{keyword}, 'START', 'journal: START');
 
 $r = msg('/in/', $A, 'START');
 is_deeply($r->{json}, { action => 'start', keyword => 'START',
-                        reply => undef }, 'START on an allowed number: no reply');
+                        reply => undef },
+          'START on an allowed number: no reply');
 is(jcount($A), 4, 'START again: journaled');
 is(check($A), '204 allowed', 'still allowed');
 
@@ -227,8 +231,10 @@ is(check($B), '204 allowed', 'HELP: not blocked');
 my $C = phone();
 $r = msg('/sender/', $C, 'STOP', '+15005550006');
 is($r->{status}, 200, 'sender scope: STOP 200');
-is(check($C, '+15005550006'), '403 blocked', 'sender scope: that sender blocked');
-is(check($C, '+15005550007'), '204 allowed', 'sender scope: another sender allowed');
+is(check($C, '+15005550006'), '403 blocked',
+   'sender scope: that sender blocked');
+is(check($C, '+15005550007'), '204 allowed',
+   'sender scope: another sender allowed');
 is(check($C), '204 allowed', 'sender scope: no account-wide rule');
 @j = $t->journal_for($C);
 is($j[0]{sender}, '+15005550006', 'sender scope: journal sender');
@@ -277,7 +283,8 @@ is_deeply($r->{json}, { results => [
         { action => undef, keyword => undef, reply => undef } ] },
     'Infobip: one result per message');
 is($t->journal_count, $lines + 2, 'Infobip: two journal lines');
-is(check($E) . ', ' . check($F), '403 blocked, 403 blocked', 'Infobip: both blocked');
+is(check($E) . ', ' . check($F), '403 blocked, 403 blocked',
+   'Infobip: both blocked');
 
 # ---------------------------------------------------------------- the app
 
@@ -301,7 +308,8 @@ my @bodies = ($JSON->encode({ from => $G, to => '+15005550006',
 my $app = 0;
 for my $b (@bodies) {
     $r = post('/proxy/', $b);
-    is("$r->{status} $r->{content}", "200 app\n", 'proxy_pass: the app answers');
+    is("$r->{status} $r->{content}", "200 app\n",
+       'proxy_pass: the app answers');
 }
 my @app = app_lines($app + 2);
 (my $be0 = $bodies[0]) =~ s/"/\\"/g;
@@ -438,7 +446,8 @@ like(conf_error('location /x { optout_inbound; optout_inbound_verify off; '
      qr/more than 20 custom stop keywords/,
      'nginx -t: ... and 9 more in the location: 21');
 like(conf_error('location /x { optout_inbound; optout_inbound_verify off; '
-                . 'optout_keyword stop country=US ' . join(' ', map { "V$_" } 1 .. 9)
+                . 'optout_keyword stop country=US '
+                . join(' ', map { "V$_" } 1 .. 9)
                 . '; }', 'optout_keyword stop '
                 . join(' ', map { "W$_" } 1 .. 12) . ';'),
      qr/passed/, 'nginx -t: per country, a limit of its own');
