@@ -13,6 +13,9 @@
 #include "ngx_http_optout_inbound.h"
 
 
+static char *ngx_http_optout_inbound_merge_sets(ngx_conf_t *cf,
+    ngx_http_optout_inbound_conf_t *prev,
+    ngx_http_optout_inbound_conf_t *conf);
 static ngx_uint_t ngx_http_optout_inbound_enum(ngx_str_t *value,
     char **names);
 static ngx_int_t ngx_http_optout_kw_op_add(ngx_conf_t *cf,
@@ -87,36 +90,8 @@ ngx_http_optout_inbound_merge_conf(ngx_conf_t *cf,
     ngx_conf_merge_ptr_value(conf->campaign, prev->campaign, NULL);
     ngx_conf_merge_ptr_value(conf->verify, prev->verify, NGX_CONF_UNSET_PTR);
 
-    if (ngx_http_optout_inbound_merge_ops(cf, &conf->kw_ops, conf->own_kw,
-                                          prev->kw_ops)
-        != NGX_CONF_OK
-        || ngx_http_optout_inbound_merge_ops(cf, &conf->reply_ops,
-                                             conf->own_reply, prev->reply_ops)
-           != NGX_CONF_OK)
-    {
+    if (ngx_http_optout_inbound_merge_sets(cf, prev, conf) != NGX_CONF_OK) {
         return NGX_CONF_ERROR;
-    }
-
-    /* sets are built where a level adds to them, or where they are used */
-
-    if (conf->own_kw) {
-        conf->kw = ngx_http_optout_kw_build(cf, conf->kw_ops);
-        if (conf->kw == NULL) {
-            return NGX_CONF_ERROR;
-        }
-
-    } else {
-        conf->kw = prev->kw;
-    }
-
-    if (conf->own_reply) {
-        conf->replies = ngx_http_optout_replies_build(cf, conf->reply_ops);
-        if (conf->replies == NULL) {
-            return NGX_CONF_ERROR;
-        }
-
-    } else {
-        conf->replies = prev->replies;
     }
 
     if (!conf->enable) {
@@ -141,18 +116,45 @@ ngx_http_optout_inbound_merge_conf(ngx_conf_t *cf,
         return NGX_CONF_ERROR;
     }
 
-    if (conf->kw == NULL) {
+    return NGX_CONF_OK;
+}
+
+
+/* sets are built where a level adds to them, or where they are used */
+
+static char *
+ngx_http_optout_inbound_merge_sets(ngx_conf_t *cf,
+    ngx_http_optout_inbound_conf_t *prev,
+    ngx_http_optout_inbound_conf_t *conf)
+{
+    if (ngx_http_optout_inbound_merge_ops(cf, &conf->kw_ops, conf->own_kw,
+                                          prev->kw_ops)
+        != NGX_CONF_OK
+        || ngx_http_optout_inbound_merge_ops(cf, &conf->reply_ops,
+                                             conf->own_reply, prev->reply_ops)
+           != NGX_CONF_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    if (conf->own_kw || (conf->enable && prev->kw == NULL)) {
         conf->kw = ngx_http_optout_kw_build(cf, conf->kw_ops);
         if (conf->kw == NULL) {
             return NGX_CONF_ERROR;
         }
+
+    } else {
+        conf->kw = prev->kw;
     }
 
-    if (conf->replies == NULL) {
+    if (conf->own_reply || (conf->enable && prev->replies == NULL)) {
         conf->replies = ngx_http_optout_replies_build(cf, conf->reply_ops);
         if (conf->replies == NULL) {
             return NGX_CONF_ERROR;
         }
+
+    } else {
+        conf->replies = prev->replies;
     }
 
     return NGX_CONF_OK;

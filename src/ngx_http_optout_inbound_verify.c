@@ -17,6 +17,8 @@
 
 static char *ngx_http_optout_verify_params(ngx_conf_t *cf,
     ngx_http_optout_verify_t *v, ngx_str_t *value, ngx_uint_t n);
+static char *ngx_http_optout_verify_url(ngx_conf_t *cf,
+    ngx_http_optout_verify_t *v, ngx_str_t *url);
 static ngx_int_t ngx_http_optout_verify_key(ngx_conf_t *cf,
     ngx_http_optout_verify_t *v, ngx_str_t *file);
 static void ngx_http_optout_verify_cleanup(void *data);
@@ -111,10 +113,9 @@ static char *
 ngx_http_optout_verify_params(ngx_conf_t *cf, ngx_http_optout_verify_t *v,
     ngx_str_t *value, ngx_uint_t n)
 {
-    ngx_str_t                          s, url;
-    ngx_int_t                          t;
-    ngx_uint_t                         i;
-    ngx_http_compile_complex_value_t   ccv;
+    ngx_str_t   s, url;
+    ngx_int_t   t;
+    ngx_uint_t  i;
 
     url = ngx_http_optout_twilio_url;
 
@@ -175,6 +176,23 @@ ngx_http_optout_verify_params(ngx_conf_t *cf, ngx_http_optout_verify_t *v,
         return NGX_CONF_OK;
     }
 
+    return ngx_http_optout_verify_url(cf, v, &url);
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid parameter \"%V\" in "
+                       "\"optout_inbound_verify\"", &value[i]);
+    return NGX_CONF_ERROR;
+}
+
+
+static char *
+ngx_http_optout_verify_url(ngx_conf_t *cf, ngx_http_optout_verify_t *v,
+    ngx_str_t *url)
+{
+    ngx_http_compile_complex_value_t  ccv;
+
     v->url = ngx_palloc(cf->pool, sizeof(ngx_http_complex_value_t));
     if (v->url == NULL) {
         return NGX_CONF_ERROR;
@@ -183,7 +201,7 @@ ngx_http_optout_verify_params(ngx_conf_t *cf, ngx_http_optout_verify_t *v,
     ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
 
     ccv.cf = cf;
-    ccv.value = &url;
+    ccv.value = url;
     ccv.complex_value = v->url;
 
     if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
@@ -191,13 +209,6 @@ ngx_http_optout_verify_params(ngx_conf_t *cf, ngx_http_optout_verify_t *v,
     }
 
     return NGX_CONF_OK;
-
-invalid:
-
-    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                       "invalid parameter \"%V\" in "
-                       "\"optout_inbound_verify\"", &value[i]);
-    return NGX_CONF_ERROR;
 }
 
 
