@@ -123,6 +123,10 @@ static char  *ngx_http_optout_api_outcomes[] = {
     "added", "present", "invalid", "removed", "not_found", NULL
 };
 
+static char  *ngx_http_optout_keyword_actions[] = {
+    "stop", "start", "help", NULL
+};
+
 static char  *ngx_http_optout_refusal_reasons[] = {
     "queue_full", "queue_timeout", NULL
 };
@@ -180,6 +184,17 @@ static ngx_http_optout_family_t  ngx_http_optout_families[] = {
       "Rules of the management API answered, by outcome: added, already "
       "present, invalid, removed (opt-in), not found.",
       "outcome", ngx_http_optout_api_outcomes, NGX_HTTP_OPTOUT_M_API, 0 },
+
+    { "optout_keyword_actions_total", "counter",
+      "Inbound messages that matched a keyword, by action; a repeated "
+      "STOP or START counts too.",
+      "action", ngx_http_optout_keyword_actions, NGX_HTTP_OPTOUT_M_KEYWORD,
+      0 },
+
+    { "optout_keyword_repeats_total", "counter",
+      "STOP on a destination already blocked, or START on one allowed: "
+      "recorded, but no second confirmation sent.",
+      NULL, NULL, NGX_HTTP_OPTOUT_M_KEYWORD_REPEATS, 0 },
 
     { "optout_cache_entries", "gauge",
       "Entries in optout_cache.",

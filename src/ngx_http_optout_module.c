@@ -201,6 +201,69 @@ static ngx_command_t  ngx_http_optout_commands[] = {
       0,
       NULL },
 
+    { ngx_string("optout_inbound"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_optout_inbound,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("optout_inbound_format"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_optout_inbound_format,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("optout_inbound_verify"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_optout_inbound_verify_conf,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("optout_inbound_scope"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_optout_inbound_scope,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("optout_inbound_campaign"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_optout_inbound_campaign,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("optout_keyword"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_2MORE,
+      ngx_http_optout_keyword,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("optout_keyword_remove"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_2MORE,
+      ngx_http_optout_keyword,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("optout_keyword_match"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_optout_keyword_match,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("optout_keyword_reply"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE23,
+      ngx_http_optout_keyword_reply,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("optout_batch_thread_pool"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_str_slot,
@@ -214,7 +277,7 @@ static ngx_command_t  ngx_http_optout_commands[] = {
 
 static ngx_http_module_t  ngx_http_optout_module_ctx = {
     ngx_http_optout_preconfiguration,      /* preconfiguration */
-    NULL,                                  /* postconfiguration */
+    ngx_http_optout_inbound_init,          /* postconfiguration */
 
     ngx_http_optout_create_main_conf,      /* create main configuration */
     ngx_http_optout_init_main_conf,        /* init main configuration */
@@ -360,6 +423,11 @@ ngx_http_optout_create_loc_conf(ngx_conf_t *cf)
     olcf->check_timeout = NGX_CONF_UNSET_MSEC;
     olcf->check_fail = NGX_CONF_UNSET_UINT;
 
+    olcf->inbound = ngx_http_optout_inbound_create_conf(cf);
+    if (olcf->inbound == NULL) {
+        return NULL;
+    }
+
     return olcf;
 }
 
@@ -389,6 +457,12 @@ ngx_http_optout_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     }
 
     if (conf->api && ngx_http_optout_api_merge(cf, conf) != NGX_CONF_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_http_optout_inbound_merge_conf(cf, prev->inbound, conf->inbound)
+        != NGX_CONF_OK)
+    {
         return NGX_CONF_ERROR;
     }
 

@@ -53,7 +53,9 @@
 #define NGX_HTTP_OPTOUT_M_MISS           28
 #define NGX_HTTP_OPTOUT_M_EVICTIONS      29
 #define NGX_HTTP_OPTOUT_M_API            30     /* + M_API_* below */
-#define NGX_HTTP_OPTOUT_M_MAX            35
+#define NGX_HTTP_OPTOUT_M_KEYWORD        35     /* + OPTOUT_KW_* - 1 */
+#define NGX_HTTP_OPTOUT_M_KEYWORD_REPEATS 38
+#define NGX_HTTP_OPTOUT_M_MAX            39
 
 #define NGX_HTTP_OPTOUT_M_BATCH_ANSWERED     0
 #define NGX_HTTP_OPTOUT_M_BATCH_INVALID      1
@@ -81,6 +83,8 @@ typedef struct ngx_http_optout_cache_s    ngx_http_optout_cache_t;
 typedef struct ngx_http_optout_pending_s  ngx_http_optout_pending_t;
 typedef struct ngx_http_optout_applier_s  ngx_http_optout_applier_t;
 typedef struct ngx_http_optout_metrics_s  ngx_http_optout_metrics_t;
+typedef struct ngx_http_optout_inbound_conf_s
+    ngx_http_optout_inbound_conf_t;
 
 typedef struct ngx_http_optout_lookup_s    ngx_http_optout_lookup_t;
 typedef struct ngx_http_optout_record_s    ngx_http_optout_record_t;
@@ -228,6 +232,7 @@ typedef struct {
     ngx_uint_t                   check_fail;
     ngx_http_optout_tpl_t       *confirm_page;
     ngx_http_optout_tpl_t       *done_page;
+    ngx_http_optout_inbound_conf_t  *inbound;
 } ngx_http_optout_loc_conf_t;
 
 
@@ -252,6 +257,11 @@ typedef struct {
     const char                  *reason;
     u_char                       keys[NGX_HTTP_OPTOUT_LOOKUP_KEYS]
                                      [OPTOUT_STORE_KEY_MAX + 1];
+
+    /* an inbound webhook: its first message with a keyword */
+    ngx_str_t                    kw_action;
+    ngx_str_t                    kw_keyword;
+    ngx_str_t                    kw_reply;
 } ngx_http_optout_ctx_t;
 
 
@@ -296,6 +306,34 @@ char *ngx_http_optout_api_merge(ngx_conf_t *cf,
 
 /* ngx_http_optout_api_add.c */
 ngx_int_t ngx_http_optout_api_add_handler(ngx_http_request_t *r);
+
+/* ngx_http_optout_inbound.c */
+char *ngx_http_optout_inbound(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_int_t ngx_http_optout_inbound_init(ngx_conf_t *cf);
+
+/* ngx_http_optout_inbound_conf.c */
+ngx_http_optout_inbound_conf_t *ngx_http_optout_inbound_create_conf(
+    ngx_conf_t *cf);
+char *ngx_http_optout_inbound_merge_conf(ngx_conf_t *cf,
+    ngx_http_optout_inbound_conf_t *prev,
+    ngx_http_optout_inbound_conf_t *conf);
+char *ngx_http_optout_inbound_format(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_http_optout_inbound_scope(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_http_optout_inbound_campaign(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_http_optout_keyword_match(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_http_optout_keyword(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_http_optout_keyword_reply(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+
+/* ngx_http_optout_inbound_verify.c */
+char *ngx_http_optout_inbound_verify_conf(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
 
 /* ngx_http_optout_check.c */
 char *ngx_http_optout_check(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);

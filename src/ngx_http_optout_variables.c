@@ -12,6 +12,8 @@
 
 static ngx_int_t ngx_http_optout_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_optout_keyword_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_optout_check_variable(ngx_http_request_t *r,
     ngx_http_optout_ctx_t *ctx, ngx_http_variable_value_t *v,
     uintptr_t data);
@@ -57,6 +59,19 @@ static ngx_http_variable_t  ngx_http_optout_vars[] = {
     { ngx_string("optout_since"), NULL, ngx_http_optout_variable,
       NGX_HTTP_OPTOUT_VAR_SINCE, NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
+    { ngx_string("optout_keyword_action"), NULL,
+      ngx_http_optout_keyword_variable,
+      offsetof(ngx_http_optout_ctx_t, kw_action), NGX_HTTP_VAR_NOCACHEABLE,
+      0 },
+
+    { ngx_string("optout_keyword"), NULL, ngx_http_optout_keyword_variable,
+      offsetof(ngx_http_optout_ctx_t, kw_keyword), NGX_HTTP_VAR_NOCACHEABLE,
+      0 },
+
+    { ngx_string("optout_reply"), NULL, ngx_http_optout_keyword_variable,
+      offsetof(ngx_http_optout_ctx_t, kw_reply), NGX_HTTP_VAR_NOCACHEABLE,
+      0 },
+
       ngx_http_null_variable
 };
 
@@ -94,6 +109,37 @@ ngx_http_optout_add_variables(ngx_conf_t *cf)
         var->get_handler = v->get_handler;
         var->data = v->data;
     }
+
+    return NGX_OK;
+}
+
+
+/*
+ * What an inbound webhook matched, empty when nothing; from the main
+ * request, so that a mirror subrequest reads it too
+ */
+
+static ngx_int_t
+ngx_http_optout_keyword_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_str_t              *s;
+    ngx_http_optout_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r->main, ngx_http_optout_module);
+
+    if (ctx == NULL) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    s = (ngx_str_t *) ((u_char *) ctx + data);
+
+    v->data = s->data;
+    v->len = s->len;
+    v->valid = 1;
+    v->no_cacheable = 0;
+    v->not_found = 0;
 
     return NGX_OK;
 }
