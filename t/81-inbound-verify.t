@@ -115,7 +115,23 @@ $t->write_file('telnyx.pem', "-----BEGIN PUBLIC KEY-----\n"
 my $V_ = '$optout_keyword_action|$optout_keyword';
 my $common = "optout_inbound; add_header X-Var \"$V_\" always;";
 
-$t->setup(server => <<"EOF");
+$t->setup(http => <<'EOF', server => <<"EOF");
+    # the operator's application behind: logs what reaches it
+    log_format app '$uri a=$http_x_optout_action';
+    server {
+        listen 127.0.0.1:%%PORT:app%%;
+        access_log %%PREFIX%%/logs/app.log app;
+        location / { return 200 "app\n"; }
+    }
+EOF
+        location = /tw-app {
+            optout_inbound;
+            optout_inbound_format twilio;
+            optout_inbound_verify twilio %%PREFIX%%/twilio.token
+                url=https://hooks.example.com/sms/inbound;
+            proxy_set_header X-Optout-Action \$optout_keyword_action;
+            proxy_pass http://127.0.0.1:%%PORT:app%%;
+        }
         location = /tw {
             $common
             optout_inbound_format twilio;
@@ -351,6 +367,41 @@ sub accepted_stop {
     refused(post('/twd?x=1', form(@p), 'X-Twilio-Signature' => $sig,
                  Host => 'evil.example.com'),
             '403 40310', $from, 'twilio default url, another Host');
+}
+
+# the application behind a verified location: a refused request never
+# reaches it, a verified one does, keyword or not
+{
+    my $url = 'https://hooks.example.com/sms/inbound';
+    my $from = from();
+    my @p = sms_params($from, 'STOP');
+    my $good = twilio_sig($TOKEN, $url, @p);
+    refused(post('/tw-app', form(@p), 'X-Twilio-Signature' =>
+                 twilio_sig('z' x 32, $url, @p)),
+            '403 40310', $from, 'app behind: forged');
+    refused(post('/tw-app', form(@p)), '401 40110', $from,
+            'app behind: unsigned');
+    my @p2 = map { $_->[0] eq 'Body' ? ['Body', 'STOP ALL'] : $_ } @p;
+    refused(post('/tw-app', form(@p2), 'X-Twilio-Signature' => $good),
+            '403 40310', $from, 'app behind: body changed');
+
+    my $ok = from();
+    @p = sms_params($ok, 'STOP');
+    my $r = post('/tw-app', form(@p),
+                 'X-Twilio-Signature' => twilio_sig($TOKEN, $url, @p));
+    is("$r->{status} $r->{content}", "200 app\n",
+       'app behind: a verified STOP is answered by the app');
+    is(new_lines(), 1, 'app behind: the STOP journaled');
+    @p = sms_params($ok, 'See you at 5');
+    $r = post('/tw-app', form(@p),
+              'X-Twilio-Signature' => twilio_sig($TOKEN, $url, @p));
+    is("$r->{status} $r->{content}", "200 app\n",
+       'app behind: a verified plain message is answered by the app');
+    is(new_lines(), 0, 'app behind: the plain message not journaled');
+
+    my @app = $t->log_lines('logs/app.log', qr{^/tw-app}, 2);
+    is(join(',', @app), '/tw-app a=stop,/tw-app a=-',
+       'app behind: exactly the two verified requests reached it');
 }
 
 # ======================================================= Twilio, JSON
