@@ -76,6 +76,7 @@ static int optout_in_twilio_field(const optout_wh_param_t *p, size_t n,
 static int optout_in_country(const char *country, char *cc);
 static optout_in_reply_t *optout_in_find(const optout_in_replies_t *r,
     int op, const char *cc);
+static char *optout_in_json_value(char *p, const char *s, size_t len);
 
 
 int
@@ -128,6 +129,7 @@ optout_in_parse(int format, const char *body, size_t len, size_t max,
     optout_in_msgs_t *out, char *err, size_t err_len)
 {
     int            rc;
+    char          *near;
     json_t        *root;
     json_error_t   jerr;
 
@@ -155,8 +157,15 @@ optout_in_parse(int format, const char *body, size_t len, size_t max,
     root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
 
     if (root == NULL) {
+        /* jansson quotes the body ("near '...'"): not for the log */
+        near = strstr(jerr.text, " near ");
+        if (near != NULL) {
+            *near = '\0';
+        }
+
         return optout_in_fail(err, err_len, OPTOUT_IN_MALFORMED,
-                              "not valid JSON: %s", jerr.text);
+                              "not valid JSON: %s at byte %d", jerr.text,
+                              jerr.position);
     }
 
     if (!json_is_object(root)) {
@@ -680,9 +689,9 @@ int
 optout_in_replies_set(optout_in_replies_t *r, int op, const char *country,
     const char *text, size_t len, char *err, size_t err_len)
 {
-    char               cc[3], *copy;
-    size_t             chars;
-    optout_in_reply_t *reply, *a;
+    char                cc[3], *copy;
+    size_t              chars;
+    optout_in_reply_t  *reply, *a;
 
     if (op != OPTOUT_KW_STOP && op != OPTOUT_KW_START
         && op != OPTOUT_KW_HELP)
@@ -800,11 +809,11 @@ optout_in_reply(const optout_in_replies_t *r, int op, const char *country,
 size_t
 optout_in_twiml(const char *reply, size_t len, char *out, size_t size)
 {
-    int                  n;
-    char                *p;
-    ucs4_t               c;
-    const char          *esc;
-    const uint8_t       *s, *end;
+    int             n;
+    char           *p;
+    ucs4_t          c;
+    const char     *esc;
+    const uint8_t  *s, *end;
 
     static const char  head[] = OPTOUT_IN_TWIML_HEAD "<Response><Message>";
     static const char  tail[] = "</Message></Response>\n";
@@ -899,46 +908,34 @@ optout_in_json(const char *action, const char *keyword, size_t kw_len,
     p = out;
 
     memcpy(p, "{\"action\":", 10);
-    p += 10;
-
-    if (action == NULL) {
-        memcpy(p, "null", 4);
-        p += 4;
-
-    } else {
-        *p++ = '"';
-        p += optout_json_escape(action, a_len, a_len, p);
-        *p++ = '"';
-    }
+    p = optout_in_json_value(p + 10, action, a_len);
 
     memcpy(p, ",\"keyword\":", 11);
-    p += 11;
-
-    if (keyword == NULL) {
-        memcpy(p, "null", 4);
-        p += 4;
-
-    } else {
-        *p++ = '"';
-        p += optout_json_escape(keyword, kw_len, kw_len, p);
-        *p++ = '"';
-    }
+    p = optout_in_json_value(p + 11, keyword, kw_len);
 
     memcpy(p, ",\"reply\":", 9);
-    p += 9;
-
-    if (reply == NULL) {
-        memcpy(p, "null", 4);
-        p += 4;
-
-    } else {
-        *p++ = '"';
-        p += optout_json_escape(reply, reply_len, reply_len, p);
-        *p++ = '"';
-    }
+    p = optout_in_json_value(p + 9, reply, reply_len);
 
     *p++ = '}';
     *p = '\0';
 
     return p - out;
+}
+
+
+/* a JSON string, or null for NULL */
+
+static char *
+optout_in_json_value(char *p, const char *s, size_t len)
+{
+    if (s == NULL) {
+        memcpy(p, "null", 4);
+        return p + 4;
+    }
+
+    *p++ = '"';
+    p += optout_json_escape(s, len, len, p);
+    *p++ = '"';
+
+    return p;
 }

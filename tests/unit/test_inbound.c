@@ -139,7 +139,8 @@ test_generic(void)
         "{\"from\":\"+447700900123\",\"to\":\"ACME\",\"text\":\"stop!!\","
         "\"id\":17}";
     static const char  noto[] =
-        "{\"text\":\"\\u0421\\u0422\\u041e\\u041f\",\"from\":\"+33612345678\"}";
+        "{\"text\":\"\\u0421\\u0422\\u041e\\u041f\","
+        "\"from\":\"+33612345678\"}";
 
     rc = optout_in_parse(OPTOUT_IN_GENERIC, S(ok1), 100, &m, err,
                          sizeof(err));
@@ -178,6 +179,12 @@ test_generic(void)
     refused(OPTOUT_IN_GENERIC, S("{\"from\":\"+447700900123\",\"text\":\"ST"),
             100, OPTOUT_IN_MALFORMED, "truncated JSON");
     refused(OPTOUT_IN_GENERIC, "", 0, 100, OPTOUT_IN_MALFORMED, "empty body");
+
+    rc = optout_in_parse(OPTOUT_IN_GENERIC, S("{\"from\":\"+447700900123"),
+                         100, &m, err, sizeof(err));
+    ok(rc == OPTOUT_IN_MALFORMED && strstr(err, "447700900123") == NULL
+       && strstr(err, "at byte") != NULL,
+       "the reason does not quote the body: %s", err);
     refused(OPTOUT_IN_GENERIC,
             S("{\"from\":\"+447700900123\",\"text\":\"HELLO\","
               "\"text\":\"STOP\"}"), 100, OPTOUT_IN_MALFORMED,
