@@ -107,7 +107,7 @@ ngx_http_optout_inbound_merge_conf(ngx_conf_t *cf,
 
     if (conf->verify == NGX_CONF_UNSET_PTR) {
         ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                      "\"optout_inbound_verify\" is not set; use \"off\" to "
+                      "optout_inbound_verify is not set; use \"off\" to "
                       "accept unsigned webhooks in %s:%ui",
                       conf->file, conf->line);
         return NGX_CONF_ERROR;
@@ -429,8 +429,8 @@ ngx_http_optout_kw_op_add(ngx_conf_t *cf, ngx_array_t **ops,
 
         if (cc->len != 10) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid country \"%V\", ISO 3166-1 alpha-2 "
-                               "expected", cc);
+                               "invalid country \"%s\" (ISO 3166-1 alpha-2 "
+                               "expected)", cc->data + 8);
             return NGX_ERROR;
         }
 

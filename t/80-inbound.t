@@ -417,7 +417,7 @@ sub conf_error {
 }
 
 like(conf_error('location /x { optout_inbound; }'),
-     qr/"optout_inbound_verify" is not set; use "off" .* in \S+nginx.conf:\d/,
+     qr/optout_inbound_verify is not set; use "off" .* in \S+nginx.conf:\d/,
      'nginx -t: optout_inbound_verify missing');
 like(conf_error('location /x { optout_inbound; optout_inbound_verify off; '
                 . 'optout_inbound_format sinch; }'),
