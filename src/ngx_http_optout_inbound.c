@@ -79,6 +79,8 @@ ngx_http_optout_inbound(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     olcf->inbound->enable = 1;
+    olcf->inbound->file = cf->conf_file->file.name.data;
+    olcf->inbound->line = cf->conf_file->line;
 
     /* proxy_pass after this directive takes the content phase over */
 

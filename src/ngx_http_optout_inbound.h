@@ -52,6 +52,8 @@ typedef struct {
 
 struct ngx_http_optout_inbound_conf_s {
     ngx_flag_t                        enable;
+    u_char                           *file;       /* of optout_inbound */
+    ngx_uint_t                        line;
     ngx_uint_t                        format;
     ngx_uint_t                        scope;
     ngx_uint_t                        match;

@@ -98,10 +98,18 @@ ngx_http_optout_inbound_merge_conf(ngx_conf_t *cf,
         return NGX_CONF_OK;
     }
 
+    /* an "if" block names the location's line */
+
+    if (conf->file == NULL) {
+        conf->file = prev->file;
+        conf->line = prev->line;
+    }
+
     if (conf->verify == NGX_CONF_UNSET_PTR) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"optout_inbound_verify\" is not set; use "
-                           "\"off\" to accept unsigned webhooks");
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "optout_inbound_verify is not set; use \"off\" to "
+                      "accept unsigned webhooks in %s:%ui",
+                      conf->file, conf->line);
         return NGX_CONF_ERROR;
     }
 
@@ -110,9 +118,10 @@ ngx_http_optout_inbound_merge_conf(ngx_conf_t *cf,
     if (omcf->store_conf.len == 0 || omcf->store_mac == NULL
         || omcf->journal_file == NULL)
     {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"optout_inbound\" requires \"optout_store\", "
-                           "\"optout_store_secret\" and \"optout_journal\"");
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"optout_inbound\" requires \"optout_store\", "
+                      "\"optout_store_secret\" and \"optout_journal\" in "
+                      "%s:%ui", conf->file, conf->line);
         return NGX_CONF_ERROR;
     }
 
@@ -420,8 +429,8 @@ ngx_http_optout_kw_op_add(ngx_conf_t *cf, ngx_array_t **ops,
 
         if (cc->len != 10) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid country \"%V\", ISO 3166-1 alpha-2 "
-                               "expected", cc);
+                               "invalid country \"%s\" (ISO 3166-1 alpha-2 "
+                               "expected)", cc->data + 8);
             return NGX_ERROR;
         }
 

@@ -417,7 +417,7 @@ sub conf_error {
 }
 
 like(conf_error('location /x { optout_inbound; }'),
-     qr/"optout_inbound_verify" is not set; use "off" to accept unsigned/,
+     qr/optout_inbound_verify is not set; use "off" .* in \S+nginx.conf:\d/,
      'nginx -t: optout_inbound_verify missing');
 like(conf_error('location /x { optout_inbound; optout_inbound_verify off; '
                 . 'optout_inbound_format sinch; }'),
@@ -431,7 +431,8 @@ like(conf_error('location /x { optout_inbound; optout_inbound_verify off; }',
      qr/"STOP" is reserved for stop/, 'nginx -t: reserved keyword moved');
 like(conf_error('location /x { optout_inbound; optout_inbound_verify off; '
                 . 'optout_keyword_reply stop "Bye now"; }'),
-     qr/optout_keyword_reply/, 'nginx -t: reply shorter than 20 characters');
+     qr/reply of 7 characters, at least 20 .* "optout_keyword_reply" in \S/,
+     'nginx -t: reply shorter than 20 characters');
 like(conf_error('location /x { optout_inbound; optout_inbound_verify off; '
                 . 'optout_keyword stop ' . join(' ', map { "W$_" } 1 .. 21)
                 . '; }'),
