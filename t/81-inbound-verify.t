@@ -656,7 +656,7 @@ is(scalar(grep { $_->{_invalid} } $t->journal_lines), 0,
 
 my @bad = (
     [ 'optout_inbound;',
-      qr/"optout_inbound_verify" is not set; use "off" to accept unsigned/ ],
+      qr/optout_inbound_verify"? is not set; use "off" to accept unsigned webhooks/ ],
     [ 'optout_inbound; optout_inbound_verify hmac %%PREFIX%%/loose.key '
       . 'header=X-Signature;', qr/loose\.key/ ],
     [ 'optout_inbound; optout_inbound_verify hmac %%PREFIX%%/hmac.key;',
