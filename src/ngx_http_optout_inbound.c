@@ -641,7 +641,9 @@ ngx_http_optout_inbound_looked(ngx_http_optout_lookup_t *lk)
 
     ctx->timeout.timedout = 0;
 
-    if (lk->rc == NGX_OK && lk->found[0]) {
+    /* a rule found is found, marker or not */
+
+    if (lk->rc != NGX_ERROR && lk->found[0]) {
         state = NGX_HTTP_OPTOUT_IN_BLOCKED;
 
     } else if (ngx_http_optout_pending_find(omcf->pending, m->key, m->key_len,
