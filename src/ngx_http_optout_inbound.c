@@ -594,7 +594,11 @@ ngx_http_optout_inbound_lookup(ngx_http_request_t *r,
         lk->handler = ngx_http_optout_inbound_looked;
         lk->data = ctx;
 
-        if (ngx_http_optout_store_lookup(omcf->store, lk) != NGX_OK) {
+        /* one failure is enough: the next ones would wait as long */
+
+        if (ctx->store_failed
+            || ngx_http_optout_store_lookup(omcf->store, lk) != NGX_OK)
+        {
             lk->rc = NGX_ERROR;
             ngx_http_optout_inbound_looked(lk);
             continue;
@@ -641,7 +645,9 @@ ngx_http_optout_inbound_looked(ngx_http_optout_lookup_t *lk)
 
     ctx->timeout.timedout = 0;
 
-    if (lk->rc == NGX_OK && lk->found[0]) {
+    /* a rule found is found, marker or not */
+
+    if (lk->rc != NGX_ERROR && lk->found[0]) {
         state = NGX_HTTP_OPTOUT_IN_BLOCKED;
 
     } else if (ngx_http_optout_pending_find(omcf->pending, m->key, m->key_len,
@@ -656,6 +662,10 @@ ngx_http_optout_inbound_looked(ngx_http_optout_lookup_t *lk)
     }
 
     ngx_http_optout_inbound_state(ctx, m, state);
+
+    if (lk->rc == NGX_ERROR) {
+        ctx->store_failed = 1;
+    }
 
     if (!inflight) {
         return;

@@ -95,6 +95,7 @@ typedef struct {
     optout_in_msgs_t                  msgs;
     ngx_http_optout_in_msg_t         *m;
     ngx_uint_t                        next;       /* lookups done */
+    ngx_uint_t                        store_failed;
     uint64_t                          campaign;
     ngx_http_optout_lookup_t          lookup;
     ngx_event_t                       timeout;

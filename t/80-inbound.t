@@ -62,6 +62,7 @@ EOF
         location = /metrics { optout_metrics; }
         location /in/ { $IN }
         location /sender/ { $IN optout_inbound_scope sender; }
+        location /if/ { $IN if (\$arg_x) { set \$y 1; } }
         location /twilio/ { $IN optout_inbound_format twilio; }
         location /infobip/ { $IN optout_inbound_format infobip; }
         location /proxy/ {
@@ -207,6 +208,14 @@ is(jcount($A), 4, 'START again: journaled');
 is(check($A), '204 allowed', 'still allowed');
 
 # an opt-out the API recorded counts as blocked too
+
+# an "if" block inside the location acts as the location does
+
+my $I = phone();
+$r = msg('/if/?x=1', $I, 'STOP');
+is("$r->{status} " . ($r->{json}{action} // '-'), '200 stop',
+   'inside "if": STOP acted upon');
+is(check($I), '403 blocked', 'inside "if": blocked');
 
 # ---------------------------------------------------------------- HELP, other
 
@@ -365,7 +374,7 @@ is($t->journal_count, $lines, 'errors: nothing journaled');
 
 {
     my $m1 = scrape();
-    my %want = ('optout_keyword_actions_total{action="stop"}' => 10,
+    my %want = ('optout_keyword_actions_total{action="stop"}' => 11,
                 'optout_keyword_actions_total{action="start"}' => 2,
                 'optout_keyword_actions_total{action="help"}' => 2,
                 'optout_keyword_repeats_total' => 3);
