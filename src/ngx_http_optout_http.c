@@ -38,11 +38,23 @@ ngx_http_optout_namespace(ngx_http_request_t *r,
 }
 
 
-/* a JSON answer of check and batch locations */
+/* a JSON answer of check, batch, API and inbound locations */
 
 ngx_int_t
 ngx_http_optout_send_json(ngx_http_request_t *r, ngx_uint_t status,
     ngx_buf_t *b)
+{
+    static ngx_str_t  json = ngx_string("application/json");
+
+    return ngx_http_optout_send(r, status, &json, b);
+}
+
+
+/* an answer held in one memory buffer */
+
+ngx_int_t
+ngx_http_optout_send(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_str_t *type, ngx_buf_t *b)
 {
     ngx_int_t    rc;
     ngx_chain_t  out;
@@ -52,8 +64,8 @@ ngx_http_optout_send_json(ngx_http_request_t *r, ngx_uint_t status,
 
     r->headers_out.status = status;
     r->headers_out.content_length_n = b->last - b->pos;
-    ngx_str_set(&r->headers_out.content_type, "application/json");
-    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    r->headers_out.content_type = *type;
+    r->headers_out.content_type_len = type->len;
 
     rc = ngx_http_send_header(r);
 

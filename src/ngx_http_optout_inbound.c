@@ -1018,10 +1018,10 @@ static ngx_int_t
 ngx_http_optout_inbound_content(ngx_http_request_t *r)
 {
     ngx_buf_t                      *b;
-    ngx_int_t                       rc;
-    ngx_chain_t                     out;
     ngx_http_optout_loc_conf_t     *olcf;
     ngx_http_optout_inbound_ctx_t  *ctx;
+
+    static ngx_str_t  xml = ngx_string("text/xml");
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_optout_module);
 
@@ -1053,24 +1053,7 @@ ngx_http_optout_inbound_content(ngx_http_request_t *r)
         return ngx_http_optout_send_json(r, NGX_HTTP_OK, b);
     }
 
-    b->last_buf = 1;
-    b->last_in_chain = 1;
-
-    r->headers_out.status = NGX_HTTP_OK;
-    r->headers_out.content_length_n = ctx->answer.len;
-    ngx_str_set(&r->headers_out.content_type, "text/xml");
-    r->headers_out.content_type_len = r->headers_out.content_type.len;
-
-    rc = ngx_http_send_header(r);
-
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
-        return rc;
-    }
-
-    out.buf = b;
-    out.next = NULL;
-
-    return ngx_http_output_filter(r, &out);
+    return ngx_http_optout_send(r, NGX_HTTP_OK, &xml, b);
 }
 
 

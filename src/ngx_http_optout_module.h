@@ -278,6 +278,8 @@ ngx_int_t ngx_http_optout_add_header(ngx_http_request_t *r, char *name,
     u_char *value, size_t len);
 ngx_int_t ngx_http_optout_send_json(ngx_http_request_t *r,
     ngx_uint_t status, ngx_buf_t *b);
+ngx_int_t ngx_http_optout_send(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_str_t *type, ngx_buf_t *b);
 ngx_int_t ngx_http_optout_unescape(ngx_http_request_t *r, ngx_str_t *v);
 u_char *ngx_http_optout_since(u_char *p, int64_t t);
 
