@@ -1,60 +1,14 @@
 
 /*
- * The multi-get with markers, on the event loop, as memcached_pass does
- * its round trip: no thread hop.  Each server of a multi-get gets one
- * "get" of its keys and then its marker, on a keepalive connection of the
- * worker; its answer is read as it comes.  libmemcached never does I/O
- * here: a memcached_st of the same configuration string places the keys
- * (memcached_generate_hash(): the client's hash and distribution) and
- * names the servers; its namespace prefixes every key on the wire.
+ * The one multi-get with markers, on the event loop: single checks (which
+ * share it, ngx_http_optout_store.c), batch checks, the API's lookups and
+ * the confirmation of many writes all ask memcached through it.  Each
+ * server that holds one of the keys gets one "get" of them and then of its
+ * marker (ngx_http_optout_mc.c); the gets run at once.
  */
 
 
 #include "ngx_http_optout_mget.h"
-
-
-#define NGX_HTTP_OPTOUT_MC_BUF      4096
-#define NGX_HTTP_OPTOUT_MC_IDLE     64
-#define NGX_HTTP_OPTOUT_MC_KEY_MAX  250     /* memcached's text protocol */
-
-#define NGX_HTTP_OPTOUT_MC_LINE     0
-#define NGX_HTTP_OPTOUT_MC_DATA     1
-#define NGX_HTTP_OPTOUT_MC_SKIP     2
-
-
-typedef struct {
-    ngx_addr_t                  *addrs;
-    ngx_uint_t                   naddrs;
-    ngx_str_t                    name;
-    ngx_queue_t                  idle;
-    ngx_uint_t                   nidle;
-} ngx_http_optout_mc_server_t;
-
-
-struct ngx_http_optout_mc_s {
-    memcached_st                *placer;
-    ngx_log_t                   *log;
-    ngx_msec_t                   timeout;
-    ngx_uint_t                   nservers;
-    size_t                       ns_len;
-    u_char                       ns[MEMCACHED_MAX_NAMESPACE];
-    optout_markers_t             markers;
-    ngx_http_optout_mc_server_t  server[OPTOUT_MARKERS_MAX];
-};
-
-
-/* a connection to one server, idle or serving one op */
-
-typedef struct {
-    ngx_queue_t                  queue;
-    ngx_connection_t            *connection;
-    ngx_http_optout_mc_t        *mc;
-    ngx_http_optout_mc_op_t     *op;
-    ngx_uint_t                   server;
-    u_char                      *pos;
-    u_char                      *last;
-    u_char                       buf[NGX_HTTP_OPTOUT_MC_BUF];
-} ngx_http_optout_mc_conn_t;
 
 
 /* a multi-get of a caller's keys (repeats allowed), in one allocation */
@@ -70,200 +24,14 @@ typedef struct {
 } ngx_http_optout_mget_keys_t;
 
 
-/* one server's part of a multi-get */
-
-struct ngx_http_optout_mc_op_s {
-    ngx_http_optout_mget_t      *mget;
-    ngx_http_optout_mc_conn_t   *conn;
-    ngx_uint_t                   server;
-    ngx_uint_t                  *order;     /* key indices, marker last */
-    ngx_uint_t                   n;
-    ngx_uint_t                   next;      /* in order[] */
-    ngx_uint_t                   state;
-    ngx_uint_t                   cur;       /* the key of a value */
-    size_t                       rest;      /* of a value, CRLF included */
-    u_char                      *out;
-    size_t                       out_len;
-    size_t                       sent;
-};
-
-
-static ngx_int_t ngx_http_optout_mc_servers(ngx_http_optout_mc_t *mc,
-    ngx_cycle_t *cycle);
-static ngx_int_t ngx_http_optout_mget_place(ngx_http_optout_mc_t *mc,
-    ngx_http_optout_mget_t *mg);
-static ngx_int_t ngx_http_optout_mget_ops(ngx_http_optout_mc_t *mc,
-    ngx_http_optout_mget_t *mg);
-static void ngx_http_optout_mc_op_start(ngx_http_optout_mc_op_t *op);
-static ngx_int_t ngx_http_optout_mc_connect(ngx_http_optout_mc_op_t *op);
-static void ngx_http_optout_mc_write(ngx_event_t *wev);
-static void ngx_http_optout_mc_read(ngx_event_t *rev);
-static ngx_int_t ngx_http_optout_mc_parse(ngx_http_optout_mc_op_t *op);
-static ngx_int_t ngx_http_optout_mc_line(ngx_http_optout_mc_op_t *op,
-    u_char *p, u_char *last);
-static void ngx_http_optout_mc_op_done(ngx_http_optout_mc_op_t *op,
-    memcached_return_t rc);
-static void ngx_http_optout_mc_idle(ngx_event_t *ev);
-static void ngx_http_optout_mc_close(ngx_http_optout_mc_conn_t *conn);
-static void ngx_http_optout_mget_end(ngx_http_optout_mget_t *mg);
+static ngx_uint_t ngx_http_optout_mget_find(ngx_http_optout_mget_t *mg,
+    const char *key, size_t len);
+static ngx_int_t ngx_http_optout_mget_place(ngx_http_optout_mget_t *mg);
+static ngx_int_t ngx_http_optout_mget_gets(ngx_http_optout_mget_t *mg);
+static void ngx_http_optout_mget_got(ngx_http_optout_mc_get_t *get);
 static void ngx_http_optout_mget_finish(ngx_http_optout_mget_t *mg);
 static void ngx_http_optout_mget_posted(ngx_event_t *ev);
 static void ngx_http_optout_mget_keys_done(ngx_http_optout_mget_t *mg);
-
-
-ngx_http_optout_mc_t *
-ngx_http_optout_mc_create(ngx_cycle_t *cycle, ngx_str_t *conf,
-    ngx_str_t *prefix, ngx_msec_t timeout)
-{
-    void                  *ns;
-    memcached_return_t     rc;
-    ngx_http_optout_mc_t  *mc;
-
-    mc = ngx_pcalloc(cycle->pool, sizeof(ngx_http_optout_mc_t));
-    if (mc == NULL) {
-        return NULL;
-    }
-
-    mc->log = cycle->log;
-    mc->timeout = timeout;
-
-    mc->placer = memcached((char *) conf->data, conf->len);
-    if (mc->placer == NULL) {
-        ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
-                      "optout: memcached(\"%V\") failed", conf);
-        return NULL;
-    }
-
-    if (optout_mc_tune(mc->placer, timeout) != 0
-        || optout_markers(mc->placer, (char *) prefix->data, prefix->len,
-                          &mc->markers)
-           != OPTOUT_OK)
-    {
-        ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
-                      "optout: cannot place a marker on each of the %uD "
-                      "memcached servers (at most %d)",
-                      memcached_server_count(mc->placer),
-                      OPTOUT_MARKERS_MAX);
-        goto failed;
-    }
-
-    ns = memcached_callback_get(mc->placer, MEMCACHED_CALLBACK_NAMESPACE,
-                                &rc);
-    if (ns) {
-        mc->ns_len = ngx_strlen(ns);
-
-        if (mc->ns_len > sizeof(mc->ns)) {
-            goto failed;
-        }
-
-        ngx_memcpy(mc->ns, ns, mc->ns_len);
-    }
-
-    if (ngx_http_optout_mc_servers(mc, cycle) != NGX_OK) {
-        goto failed;
-    }
-
-    return mc;
-
-failed:
-
-    memcached_free(mc->placer);
-
-    return NULL;
-}
-
-
-/* the servers' addresses, resolved as nginx resolves upstream servers */
-
-static ngx_int_t
-ngx_http_optout_mc_servers(ngx_http_optout_mc_t *mc, ngx_cycle_t *cycle)
-{
-    u_char                        *p;
-    size_t                         len;
-    in_port_t                      port;
-    ngx_url_t                      u;
-    ngx_uint_t                     i;
-    const char                    *name;
-    ngx_http_optout_mc_server_t   *s;
-    const memcached_instance_st   *in;
-
-    mc->nservers = memcached_server_count(mc->placer);
-
-    for (i = 0; i < mc->nservers; i++) {
-        in = memcached_server_instance_by_position(mc->placer, i);
-        name = memcached_server_name(in);
-        port = memcached_server_port(in);
-
-        len = ngx_strlen(name) + sizeof("unix:") + NGX_INT_T_LEN;
-
-        p = ngx_pnalloc(cycle->pool, len);
-        if (p == NULL) {
-            return NGX_ERROR;
-        }
-
-        s = &mc->server[i];
-
-        if (name[0] == '/') {
-            s->name.len = ngx_sprintf(p, "unix:%s", name) - p;
-
-        } else {
-            s->name.len = ngx_sprintf(p, "%s:%d", name, (int) port) - p;
-        }
-
-        s->name.data = p;
-
-        ngx_memzero(&u, sizeof(ngx_url_t));
-
-        u.url = s->name;
-        u.default_port = 11211;
-
-        if (ngx_parse_url(cycle->pool, &u) != NGX_OK || u.naddrs == 0) {
-            ngx_log_error(NGX_LOG_ERR, cycle->log, 0,
-                          "optout: memcached server \"%V\": %s",
-                          &s->name, u.err ? u.err : "no address");
-            return NGX_ERROR;
-        }
-
-        s->addrs = u.addrs;
-        s->naddrs = u.naddrs;
-
-        ngx_queue_init(&s->idle);
-    }
-
-    return NGX_OK;
-}
-
-
-optout_markers_t *
-ngx_http_optout_mc_markers(ngx_http_optout_mc_t *mc)
-{
-    return &mc->markers;
-}
-
-
-void
-ngx_http_optout_mc_destroy(ngx_http_optout_mc_t *mc)
-{
-    ngx_uint_t                    i;
-    ngx_queue_t                  *q;
-    ngx_http_optout_mc_conn_t    *conn;
-    ngx_http_optout_mc_server_t  *s;
-
-    for (i = 0; i < mc->nservers; i++) {
-        s = &mc->server[i];
-
-        while (!ngx_queue_empty(&s->idle)) {
-            q = ngx_queue_head(&s->idle);
-            ngx_queue_remove(q);
-            s->nidle--;
-
-            conn = ngx_queue_data(q, ngx_http_optout_mc_conn_t, queue);
-            ngx_http_optout_mc_close(conn);
-        }
-    }
-
-    memcached_free(mc->placer);
-}
 
 
 void
@@ -321,7 +89,7 @@ ngx_http_optout_mget_add(ngx_http_optout_mget_t *mg, const char *key,
 
 /* the slot of a key in hash[]: its own, or the free one it would take */
 
-ngx_uint_t
+static ngx_uint_t
 ngx_http_optout_mget_find(ngx_http_optout_mget_t *mg, const char *key,
     size_t len)
 {
@@ -381,32 +149,32 @@ ngx_http_optout_mget_answer(ngx_http_optout_mget_t *mg, ngx_uint_t i)
 void
 ngx_http_optout_mget_run(ngx_http_optout_mc_t *mc, ngx_http_optout_mget_t *mg)
 {
-    ngx_uint_t                i, nops;
-    ngx_http_optout_mc_op_t  *ops;
+    ngx_uint_t                 i, ngets;
+    ngx_http_optout_mc_get_t  *gets;
 
     mg->mc = mc;
     mg->block = NULL;
     mg->running = 1;     /* until this function ends */
 
-    if (ngx_http_optout_mget_place(mc, mg) != NGX_OK
-        || ngx_http_optout_mget_ops(mc, mg) != NGX_OK)
+    if (ngx_http_optout_mget_place(mg) != NGX_OK
+        || ngx_http_optout_mget_gets(mg) != NGX_OK)
     {
         mg->rc = MEMCACHED_MEMORY_ALLOCATION_FAILURE;
         mg->running = 1;
     }
 
-    ops = mg->block;
-    nops = mg->running - 1;
+    gets = mg->block;
+    ngets = mg->running - 1;
 
-    for (i = 0; i < nops; i++) {
-        ngx_http_optout_mc_op_start(&ops[i]);
+    for (i = 0; i < ngets; i++) {
+        ngx_http_optout_mc_get(&gets[i]);
     }
 
     if (--mg->running == 0) {
-        /* every server's part ended already: the handler runs later */
+        /* every server's get ended already: the handler runs later */
         mg->event.handler = ngx_http_optout_mget_posted;
         mg->event.data = mg;
-        mg->event.log = mc->log;
+        mg->event.log = ngx_http_optout_mc_log(mc);
 
         ngx_post_event(&mg->event, &ngx_posted_events);
     }
@@ -414,14 +182,13 @@ ngx_http_optout_mget_run(ngx_http_optout_mc_t *mc, ngx_http_optout_mget_t *mg)
 
 
 static ngx_int_t
-ngx_http_optout_mget_place(ngx_http_optout_mc_t *mc,
-    ngx_http_optout_mget_t *mg)
+ngx_http_optout_mget_place(ngx_http_optout_mget_t *mg)
 {
     uint32_t           s;
     ngx_uint_t         i;
     optout_markers_t  *m;
 
-    m = &mc->markers;
+    m = ngx_http_optout_mc_markers(mg->mc);
     mg->nkeys = mg->total;
 
     for (i = 0; i < m->n; i++) {
@@ -429,7 +196,7 @@ ngx_http_optout_mget_place(ngx_http_optout_mc_t *mc,
     }
 
     for (i = 0; i < mg->nkeys; i++) {
-        s = memcached_generate_hash(mc->placer, mg->keys[i], mg->lens[i]);
+        s = ngx_http_optout_mc_place(mg->mc, mg->keys[i], mg->lens[i]);
 
         if (s >= m->n) {
             return NGX_ERROR;
@@ -454,596 +221,107 @@ ngx_http_optout_mget_place(ngx_http_optout_mc_t *mc,
 
 
 /*
- * One block: an op for each server asked, the key indices grouped by
- * server (a marker's index is above every key's, so it comes last), and
- * each server's "get" line.
+ * One block: a get for each server asked, and the key indices grouped by
+ * server; a marker's index is above every key's, so it comes last.
  */
 
 static ngx_int_t
-ngx_http_optout_mget_ops(ngx_http_optout_mc_t *mc,
-    ngx_http_optout_mget_t *mg)
+ngx_http_optout_mget_gets(ngx_http_optout_mget_t *mg)
 {
-    u_char                   *p;
-    size_t                    size, out;
-    uint32_t                  s;
-    ngx_uint_t                i, nops, *order, count[OPTOUT_MARKERS_MAX];
-    ngx_http_optout_mc_op_t  *ops, *op, *of[OPTOUT_MARKERS_MAX];
+    uint32_t                   s;
+    ngx_uint_t                 i, ngets, *order, count[OPTOUT_MARKERS_MAX];
+    optout_markers_t          *m;
+    ngx_http_optout_mc_get_t  *gets, *get, *of[OPTOUT_MARKERS_MAX];
 
-    nops = 0;
-    out = 0;
+    m = ngx_http_optout_mc_markers(mg->mc);
+    ngets = 0;
 
-    for (s = 0; s < mc->markers.n; s++) {
+    for (s = 0; s < m->n; s++) {
         count[s] = 0;
 
         if (mg->marker[s] != NGX_CONF_UNSET_UINT) {
-            nops++;
-            out += sizeof("get\r\n") - 1;
+            ngets++;
         }
     }
 
     for (i = 0; i < mg->total; i++) {
         count[mg->server[i]]++;
-        out += 1 + mc->ns_len + mg->lens[i];
     }
 
-    size = nops * sizeof(ngx_http_optout_mc_op_t)
-           + mg->total * sizeof(ngx_uint_t) + out;
-
-    ops = ngx_alloc(size, mc->log);
-    if (ops == NULL) {
+    gets = ngx_alloc(ngets * sizeof(ngx_http_optout_mc_get_t)
+                     + mg->total * sizeof(ngx_uint_t),
+                     ngx_http_optout_mc_log(mg->mc));
+    if (gets == NULL) {
         return NGX_ERROR;
     }
 
-    mg->block = ops;
+    mg->block = gets;
+    order = (ngx_uint_t *) (gets + ngets);
+    get = gets;
 
-    order = (ngx_uint_t *) (ops + nops);
-    p = (u_char *) (order + mg->total);
-
-    op = ops;
-
-    for (s = 0; s < mc->markers.n; s++) {
+    for (s = 0; s < m->n; s++) {
         of[s] = NULL;
 
         if (mg->marker[s] == NGX_CONF_UNSET_UINT) {
             continue;
         }
 
-        ngx_memzero(op, sizeof(ngx_http_optout_mc_op_t));
+        ngx_memzero(get, sizeof(ngx_http_optout_mc_get_t));
 
-        op->mget = mg;
-        op->server = s;
-        op->order = order;
+        get->mc = mg->mc;
+        get->server = s;
+        get->keys = mg->keys;
+        get->lens = mg->lens;
+        get->found = mg->found;
+        get->rules = mg->rules;
+        get->nrules = mg->nkeys;
+        get->order = order;
+        get->handler = ngx_http_optout_mget_got;
+        get->data = mg;
+
         order += count[s];
-
-        of[s] = op++;
+        of[s] = get++;
     }
 
     for (i = 0; i < mg->total; i++) {
-        op = of[mg->server[i]];
-        op->order[op->n++] = i;
+        get = of[mg->server[i]];
+        get->order[get->n++] = i;
     }
 
-    for (op = ops; op < ops + nops; op++) {
-        op->out = p;
-        p = ngx_cpymem(p, "get", 3);
-
-        for (i = 0; i < op->n; i++) {
-            *p++ = ' ';
-            p = ngx_cpymem(p, mc->ns, mc->ns_len);
-            p = ngx_cpymem(p, mg->keys[op->order[i]],
-                           mg->lens[op->order[i]]);
-        }
-
-        *p++ = CR; *p++ = LF;
-        op->out_len = p - op->out;
-    }
-
-    mg->running += nops;
+    mg->running += ngets;
 
     return NGX_OK;
 }
 
 
-static void
-ngx_http_optout_mc_op_start(ngx_http_optout_mc_op_t *op)
-{
-    ngx_queue_t                  *q;
-    ngx_connection_t             *c;
-    ngx_http_optout_mc_conn_t    *conn;
-    ngx_http_optout_mc_server_t  *s;
-
-    s = &op->mget->mc->server[op->server];
-
-    if (ngx_queue_empty(&s->idle)) {
-        if (ngx_http_optout_mc_connect(op) != NGX_OK) {
-            return;
-        }
-
-        c = op->conn->connection;
-
-        if (!c->write->ready) {
-            /* connecting */
-            ngx_add_timer(c->write, op->mget->mc->timeout);
-            return;
-        }
-
-    } else {
-        q = ngx_queue_head(&s->idle);
-        ngx_queue_remove(q);
-        s->nidle--;
-
-        conn = ngx_queue_data(q, ngx_http_optout_mc_conn_t, queue);
-        conn->op = op;
-        op->conn = conn;
-
-        c = conn->connection;
-        c->idle = 0;
-        c->read->handler = ngx_http_optout_mc_read;
-        c->write->handler = ngx_http_optout_mc_write;
-    }
-
-    ngx_http_optout_mc_write(op->conn->connection->write);
-}
-
-
-static ngx_int_t
-ngx_http_optout_mc_connect(ngx_http_optout_mc_op_t *op)
-{
-    ngx_int_t                     rc;
-    ngx_connection_t             *c;
-    ngx_http_optout_mc_t         *mc;
-    ngx_peer_connection_t         pc;
-    ngx_http_optout_mc_conn_t    *conn;
-    ngx_http_optout_mc_server_t  *s;
-
-    mc = op->mget->mc;
-    s = &mc->server[op->server];
-
-    conn = ngx_alloc(sizeof(ngx_http_optout_mc_conn_t), mc->log);
-    if (conn == NULL) {
-        ngx_http_optout_mc_op_done(op, MEMCACHED_MEMORY_ALLOCATION_FAILURE);
-        return NGX_ERROR;
-    }
-
-    ngx_memzero(&pc, sizeof(ngx_peer_connection_t));
-
-    pc.sockaddr = s->addrs[0].sockaddr;
-    pc.socklen = s->addrs[0].socklen;
-    pc.name = &s->name;
-    pc.get = ngx_event_get_peer;
-    pc.log = mc->log;
-    pc.log_error = NGX_ERROR_ERR;
-
-    rc = ngx_event_connect_peer(&pc);
-
-    if (rc == NGX_ERROR || rc == NGX_BUSY || rc == NGX_DECLINED) {
-        if (pc.connection) {
-            ngx_close_connection(pc.connection);
-        }
-
-        ngx_free(conn);
-        ngx_http_optout_mc_op_done(op, MEMCACHED_CONNECTION_FAILURE);
-        return NGX_ERROR;
-    }
-
-    c = pc.connection;
-
-    conn->connection = c;
-    conn->mc = mc;
-    conn->op = op;
-    conn->server = op->server;
-    conn->pos = conn->buf;
-    conn->last = conn->buf;
-
-    c->data = conn;
-    c->read->handler = ngx_http_optout_mc_read;
-    c->write->handler = ngx_http_optout_mc_write;
-
-    op->conn = conn;
-
-    return NGX_OK;
-}
-
+/* a server's answer is complete once its marker came back */
 
 static void
-ngx_http_optout_mc_write(ngx_event_t *wev)
+ngx_http_optout_mget_got(ngx_http_optout_mc_get_t *get)
 {
-    ssize_t                     n;
-    ngx_connection_t           *c;
-    ngx_http_optout_mc_op_t    *op;
-    ngx_http_optout_mc_conn_t  *conn;
+    ngx_http_optout_mget_t *mg = get->data;
 
-    c = wev->data;
-    conn = c->data;
-    op = conn->op;
+    mg->answered[get->server] = mg->found[mg->marker[get->server]];
 
-    if (wev->timedout) {
-        ngx_http_optout_mc_op_done(op, MEMCACHED_TIMEOUT);
-        return;
+    if (get->rc != MEMCACHED_SUCCESS && mg->rc == MEMCACHED_SUCCESS) {
+        mg->rc = get->rc;
     }
 
-    while (op->sent < op->out_len) {
-        n = c->send(c, op->out + op->sent, op->out_len - op->sent);
-
-        if (n == NGX_AGAIN) {
-            ngx_add_timer(wev, conn->mc->timeout);
-
-            if (ngx_handle_write_event(wev, 0) != NGX_OK) {
-                ngx_http_optout_mc_op_done(op, MEMCACHED_CONNECTION_FAILURE);
-            }
-
-            return;
-        }
-
-        if (n == NGX_ERROR) {
-            ngx_http_optout_mc_op_done(op, MEMCACHED_WRITE_FAILURE);
-            return;
-        }
-
-        op->sent += n;
+    if (--mg->running == 0) {
+        ngx_http_optout_mget_finish(mg);
     }
-
-    if (wev->timer_set) {
-        ngx_del_timer(wev);
-    }
-
-    ngx_http_optout_mc_read(c->read);
-}
-
-
-static void
-ngx_http_optout_mc_read(ngx_event_t *rev)
-{
-    ssize_t                     n;
-    ngx_int_t                   rc;
-    ngx_connection_t           *c;
-    ngx_http_optout_mc_op_t    *op;
-    ngx_http_optout_mc_conn_t  *conn;
-
-    c = rev->data;
-    conn = c->data;
-    op = conn->op;
-
-    if (op->sent < op->out_len) {
-        /* a read event before the request went out: wait for it */
-        return;
-    }
-
-    if (rev->timedout) {
-        ngx_http_optout_mc_op_done(op, MEMCACHED_TIMEOUT);
-        return;
-    }
-
-    for ( ;; ) {
-        if (conn->last == conn->buf + NGX_HTTP_OPTOUT_MC_BUF) {
-            if (conn->pos == conn->buf) {
-                ngx_http_optout_mc_op_done(op, MEMCACHED_PROTOCOL_ERROR);
-                return;
-            }
-
-            conn->last = ngx_movemem(conn->buf, conn->pos,
-                                     conn->last - conn->pos);
-            conn->pos = conn->buf;
-        }
-
-        n = c->recv(c, conn->last, conn->buf + NGX_HTTP_OPTOUT_MC_BUF
-                                   - conn->last);
-
-        if (n == NGX_AGAIN) {
-            break;
-        }
-
-        if (n == 0 || n == NGX_ERROR) {
-            ngx_http_optout_mc_op_done(op, n ? MEMCACHED_READ_FAILURE
-                                             : MEMCACHED_CONNECTION_FAILURE);
-            return;
-        }
-
-        conn->last += n;
-
-        rc = ngx_http_optout_mc_parse(op);
-
-        if (rc == NGX_OK) {
-            ngx_http_optout_mc_op_done(op, MEMCACHED_SUCCESS);
-            return;
-        }
-
-        if (rc == NGX_ERROR) {
-            ngx_http_optout_mc_op_done(op, MEMCACHED_PROTOCOL_ERROR);
-            return;
-        }
-    }
-
-    ngx_add_timer(rev, conn->mc->timeout);
-
-    if (ngx_handle_read_event(rev, 0) != NGX_OK) {
-        ngx_http_optout_mc_op_done(op, MEMCACHED_CONNECTION_FAILURE);
-    }
-}
-
-
-/*
- * NGX_OK at "END" with nothing after it, NGX_AGAIN for more, NGX_ERROR
- * for anything memcached would not send: an error line, a value of a key
- * not asked for or out of order.
- */
-
-static ngx_int_t
-ngx_http_optout_mc_parse(ngx_http_optout_mc_op_t *op)
-{
-    u_char                     *p, *lf;
-    size_t                      n;
-    ngx_int_t                   rc;
-    ngx_http_optout_mget_t     *mg;
-    ngx_http_optout_mc_conn_t  *conn;
-
-    conn = op->conn;
-    mg = op->mget;
-
-    for ( ;; ) {
-        p = conn->pos;
-        n = conn->last - p;
-
-        switch (op->state) {
-
-        case NGX_HTTP_OPTOUT_MC_SKIP:
-            n = ngx_min(n, op->rest);
-            conn->pos += n;
-            op->rest -= n;
-
-            if (op->rest) {
-                return NGX_AGAIN;
-            }
-
-            op->state = NGX_HTTP_OPTOUT_MC_LINE;
-            continue;
-
-        case NGX_HTTP_OPTOUT_MC_DATA:
-            if (n < op->rest) {
-                return NGX_AGAIN;
-            }
-
-            if (p[op->rest - 2] != CR || p[op->rest - 1] != LF) {
-                return NGX_ERROR;
-            }
-
-            mg->found[op->cur] = 1;
-
-            if (op->cur < mg->nkeys
-                && optout_rule_parse((char *) p, op->rest - 2,
-                                     &mg->rules[op->cur])
-                   != OPTOUT_OK)
-            {
-                /* a rule we cannot read still blocks */
-                ngx_memzero(&mg->rules[op->cur], sizeof(optout_rule_t));
-            }
-
-            conn->pos += op->rest;
-            op->state = NGX_HTTP_OPTOUT_MC_LINE;
-            continue;
-
-        default: /* NGX_HTTP_OPTOUT_MC_LINE */
-            lf = ngx_strlchr(p, conn->last, LF);
-            if (lf == NULL) {
-                return NGX_AGAIN;
-            }
-
-            if (lf == p || lf[-1] != CR) {
-                return NGX_ERROR;
-            }
-
-            conn->pos = lf + 1;
-
-            if (lf - 1 - p == 3 && ngx_strncmp(p, "END", 3) == 0) {
-                return (conn->pos == conn->last) ? NGX_OK : NGX_ERROR;
-            }
-
-            rc = ngx_http_optout_mc_line(op, p, lf - 1);
-            if (rc != NGX_OK) {
-                return rc;
-            }
-        }
-    }
-}
-
-
-/* "VALUE <key> <flags> <bytes>": the key must be one asked for, in order */
-
-static ngx_int_t
-ngx_http_optout_mc_line(ngx_http_optout_mc_op_t *op, u_char *p,
-    u_char *last)
-{
-    u_char                  *key, *sp;
-    size_t                   len;
-    uint64_t                 bytes;
-    ngx_uint_t               j, k;
-    ngx_http_optout_mc_t    *mc;
-    ngx_http_optout_mget_t  *mg;
-
-    mg = op->mget;
-    mc = mg->mc;
-
-    if (last - p < 6 || ngx_strncmp(p, "VALUE ", 6) != 0) {
-        return NGX_ERROR;
-    }
-
-    key = p + 6;
-
-    sp = ngx_strlchr(key, last, ' ');
-    if (sp == NULL) {
-        return NGX_ERROR;
-    }
-
-    len = sp - key;
-
-    if (len < mc->ns_len || ngx_memcmp(key, mc->ns, mc->ns_len) != 0) {
-        return NGX_ERROR;
-    }
-
-    key += mc->ns_len;
-    len -= mc->ns_len;
-
-    for (j = op->next; j < op->n; j++) {
-        k = op->order[j];
-
-        if (mg->lens[k] == len && ngx_memcmp(mg->keys[k], key, len) == 0) {
-            break;
-        }
-    }
-
-    if (j == op->n) {
-        return NGX_ERROR;
-    }
-
-    op->next = j + 1;
-    op->cur = op->order[j];
-
-    /* flags, then bytes, then perhaps a cas unique */
-
-    p = sp + 1;
-
-    sp = ngx_strlchr(p, last, ' ');
-    if (sp == NULL) {
-        return NGX_ERROR;
-    }
-
-    p = sp + 1;
-
-    sp = ngx_strlchr(p, last, ' ');
-    if (sp == NULL) {
-        sp = last;
-    }
-
-    if (optout_parse_u64((char *) p, sp - p, 1024 * 1024 * 1024, &bytes)
-        != OPTOUT_OK)
-    {
-        return NGX_ERROR;
-    }
-
-    op->rest = bytes + 2;
-
-    if (op->rest > NGX_HTTP_OPTOUT_MC_BUF / 2) {
-        /* no rule is that long: it still blocks, unread */
-        mg->found[op->cur] = 1;
-        ngx_memzero(&mg->rules[op->cur], sizeof(optout_rule_t));
-        op->state = NGX_HTTP_OPTOUT_MC_SKIP;
-
-    } else {
-        op->state = NGX_HTTP_OPTOUT_MC_DATA;
-    }
-
-    return NGX_OK;
-}
-
-
-/*
- * A server's part ended: its connection goes back to the idle ones only
- * after a clean "END"; after anything else it is closed, so that no late
- * reply is read as the answer to the next multi-get.
- */
-
-static void
-ngx_http_optout_mc_op_done(ngx_http_optout_mc_op_t *op,
-    memcached_return_t rc)
-{
-    ngx_connection_t             *c;
-    ngx_http_optout_mget_t       *mg;
-    ngx_http_optout_mc_conn_t    *conn;
-    ngx_http_optout_mc_server_t  *s;
-
-    mg = op->mget;
-    conn = op->conn;
-
-    mg->answered[op->server] = mg->found[mg->marker[op->server]];
-
-    if (rc != MEMCACHED_SUCCESS && mg->rc == MEMCACHED_SUCCESS) {
-        mg->rc = rc;
-    }
-
-    if (conn) {
-        op->conn = NULL;
-        conn->op = NULL;
-        c = conn->connection;
-
-        if (c->read->timer_set) {
-            ngx_del_timer(c->read);
-        }
-
-        if (c->write->timer_set) {
-            ngx_del_timer(c->write);
-        }
-
-        s = &mg->mc->server[conn->server];
-
-        if (rc != MEMCACHED_SUCCESS || s->nidle >= NGX_HTTP_OPTOUT_MC_IDLE) {
-            ngx_http_optout_mc_close(conn);
-
-        } else {
-            conn->pos = conn->buf;
-            conn->last = conn->buf;
-
-            c->idle = 1;
-            c->read->handler = ngx_http_optout_mc_idle;
-            c->write->handler = ngx_http_optout_mc_idle;
-
-            ngx_queue_insert_head(&s->idle, &conn->queue);
-            s->nidle++;
-        }
-    }
-
-    ngx_http_optout_mget_end(mg);
-}
-
-
-/* an idle connection that is readable was closed or is out of step */
-
-static void
-ngx_http_optout_mc_idle(ngx_event_t *ev)
-{
-    ngx_connection_t             *c;
-    ngx_http_optout_mc_conn_t    *conn;
-    ngx_http_optout_mc_server_t  *s;
-
-    if (ev->write) {
-        return;
-    }
-
-    c = ev->data;
-    conn = c->data;
-    s = &conn->mc->server[conn->server];
-
-    ngx_queue_remove(&conn->queue);
-    s->nidle--;
-
-    ngx_http_optout_mc_close(conn);
-}
-
-
-static void
-ngx_http_optout_mc_close(ngx_http_optout_mc_conn_t *conn)
-{
-    ngx_close_connection(conn->connection);
-    ngx_free(conn);
-}
-
-
-static void
-ngx_http_optout_mget_end(ngx_http_optout_mget_t *mg)
-{
-    if (--mg->running) {
-        return;
-    }
-
-    ngx_http_optout_mget_finish(mg);
 }
 
 
 static void
 ngx_http_optout_mget_finish(ngx_http_optout_mget_t *mg)
 {
-    uint32_t  s;
+    uint32_t           s;
+    optout_markers_t  *m;
 
-    for (s = 0; s < mg->mc->markers.n; s++) {
+    m = ngx_http_optout_mc_markers(mg->mc);
+
+    for (s = 0; s < m->n; s++) {
         if (mg->marker[s] != NGX_CONF_UNSET_UINT) {
             ngx_http_optout_metric_mget(s, mg->answered[s], mg->rc);
         }
@@ -1085,7 +363,7 @@ ngx_http_optout_mget_keys(ngx_http_optout_mc_t *mc, const char **keys,
     ngx_http_optout_mget_t       *mg;
     ngx_http_optout_mget_keys_t  *mk;
 
-    max = n + mc->markers.n;
+    max = n + ngx_http_optout_mc_markers(mc)->n;
 
     for (hash = 1; hash < max * 2; hash <<= 1) { /* void */ }
 
@@ -1094,7 +372,7 @@ ngx_http_optout_mget_keys(ngx_http_optout_mc_t *mc, const char **keys,
                     + sizeof(uint32_t) + 1)
            + hash * sizeof(uint32_t) + n * sizeof(ngx_uint_t);
 
-    mk = ngx_alloc(size, mc->log);
+    mk = ngx_alloc(size, ngx_http_optout_mc_log(mc));
     if (mk == NULL) {
         return NGX_ERROR;
     }
@@ -1123,7 +401,7 @@ ngx_http_optout_mget_keys(ngx_http_optout_mc_t *mc, const char **keys,
     mg->max = max;
     mg->mask = hash - 1;
     mg->handler = ngx_http_optout_mget_keys_done;
-    mg->data_ptr = mk;
+    mg->ctx = mk;
 
     mk->n = n;
     mk->found = found;
@@ -1151,7 +429,7 @@ ngx_http_optout_mget_keys(ngx_http_optout_mc_t *mc, const char **keys,
 static void
 ngx_http_optout_mget_keys_done(ngx_http_optout_mget_t *mg)
 {
-    ngx_http_optout_mget_keys_t *mk = mg->data_ptr;
+    ngx_http_optout_mget_keys_t *mk = mg->ctx;
 
     void                     *data;
     ngx_int_t                 rc;
@@ -1176,7 +454,7 @@ ngx_http_optout_mget_keys_done(ngx_http_optout_mget_t *mg)
     }
 
     if (rc != NGX_OK && mg->rc != MEMCACHED_SUCCESS) {
-        ngx_log_error(NGX_LOG_ERR, mg->mc->log, 0,
+        ngx_log_error(NGX_LOG_ERR, ngx_http_optout_mc_log(mg->mc), 0,
                       "optout: memcached multi-get failed: %s",
                       memcached_strerror(NULL, mg->rc));
     }

@@ -1,9 +1,7 @@
 
 /*
- * The multi-get with markers, on the event loop: memcached's text protocol
- * over keepalive connections of each worker, one "get" a server.
- * libmemcached only places the keys on servers (its hash and distribution,
- * no I/O) and names the servers.
+ * The one multi-get with markers, on the event loop (see
+ * ngx_http_optout_mget.c).
  */
 
 
@@ -11,13 +9,10 @@
 #define _NGX_HTTP_OPTOUT_MGET_H_INCLUDED_
 
 
-#include "ngx_http_optout_module.h"
-#include "optout_memcached.h"
+#include "ngx_http_optout_mc.h"
 
 
-typedef struct ngx_http_optout_mc_s      ngx_http_optout_mc_t;
 typedef struct ngx_http_optout_mget_s    ngx_http_optout_mget_t;
-typedef struct ngx_http_optout_mc_op_s   ngx_http_optout_mc_op_t;
 
 typedef void (*ngx_http_optout_mget_pt)(ngx_http_optout_mget_t *mg);
 
@@ -48,7 +43,7 @@ struct ngx_http_optout_mget_s {
     u_char                       answered[OPTOUT_MARKERS_MAX];
 
     ngx_http_optout_mget_pt      handler;
-    void                        *data_ptr;
+    void                        *ctx;       /* the handler's */
     ngx_http_optout_mc_t        *mc;
     ngx_uint_t                   running;
     void                        *block;     /* the running state */
@@ -57,16 +52,9 @@ struct ngx_http_optout_mget_s {
 };
 
 
-ngx_http_optout_mc_t *ngx_http_optout_mc_create(ngx_cycle_t *cycle,
-    ngx_str_t *conf, ngx_str_t *prefix, ngx_msec_t timeout);
-optout_markers_t *ngx_http_optout_mc_markers(ngx_http_optout_mc_t *mc);
-void ngx_http_optout_mc_destroy(ngx_http_optout_mc_t *mc);
-
 void ngx_http_optout_mget_init(ngx_http_optout_mget_t *mg);
 ngx_int_t ngx_http_optout_mget_add(ngx_http_optout_mget_t *mg,
     const char *key, size_t len, ngx_uint_t *index);
-ngx_uint_t ngx_http_optout_mget_find(ngx_http_optout_mget_t *mg,
-    const char *key, size_t len);
 void ngx_http_optout_mget_run(ngx_http_optout_mc_t *mc,
     ngx_http_optout_mget_t *mg);
 ngx_int_t ngx_http_optout_mget_answer(ngx_http_optout_mget_t *mg,

@@ -181,6 +181,7 @@ typedef struct {
 
 typedef struct {
     ngx_str_t                    store_conf;
+    ngx_array_t                 *store_servers; /* of the multi-get */
     ngx_str_t                    store_prefix;
     ngx_msec_t                   store_timeout;
     ngx_str_t                    thread_pool_name;

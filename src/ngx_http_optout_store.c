@@ -1,9 +1,11 @@
 
 /*
- * The rule store: memcached through libmemcached.  libmemcached blocks, so
- * every call runs in a thread-pool task that owns copies of its inputs; a
- * per-worker connection pool serves the threads.  A write that fails is
- * left to the journal applier: the journal is the queue of writes.
+ * The rule store.  Reads are the one multi-get with markers on the event
+ * loop (ngx_http_optout_mget.c); the lookups of single checks share it
+ * here.  Writes go through libmemcached, which blocks: each runs in a
+ * thread-pool task that owns copies of its inputs, and a per-worker
+ * connection pool serves the threads.  A write that fails is left to the
+ * journal applier: the journal is the queue of writes.
  */
 
 
@@ -26,9 +28,8 @@
  * posted at the end of that pass (a posted event), so a lookup waits for
  * no round trip while fewer than optout_check_concurrency multi-gets are
  * in flight in its worker; beyond that, the lookups that arrive wait
- * together for the first one to end.  The thread owns the multi-get; the
- * waiters stay on the event loop, so a request may leave (timeout, close)
- * at any time.
+ * together for the first one to end.  A request may leave its multi-get
+ * (timeout, close) at any time.
  */
 
 typedef struct {
@@ -55,7 +56,7 @@ struct ngx_http_optout_store_s {
     ngx_log_t                   *log;
     struct timespec              wait;
 
-    optout_markers_t             markers;
+    ngx_uint_t                   nmarkers;
     ngx_event_t                  flush;
     ngx_http_optout_shared_t    *filling;
     ngx_uint_t                   inflight;
@@ -168,7 +169,15 @@ ngx_http_optout_store_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     replicas = memcached_behavior_get(mc,
                                       MEMCACHED_BEHAVIOR_NUMBER_OF_REPLICAS);
+
+    /* the multi-get's connections: names resolved now, as upstreams' */
+
+    omcf->store_servers = ngx_http_optout_mc_resolve(cf, mc);
     memcached_free(mc);
+
+    if (omcf->store_servers == NULL) {
+        return NGX_CONF_ERROR;
+    }
 
     /* a replica answers for another server's keys: no marker vouches */
 
@@ -210,32 +219,23 @@ ngx_http_optout_store_init_worker(ngx_cycle_t *cycle,
         return NGX_ERROR;
     }
 
-    if (optout_markers(store->master, (char *) omcf->store_prefix.data,
-                       omcf->store_prefix.len, &store->markers)
-        != OPTOUT_OK)
-    {
-        ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
-                      "optout: cannot place a marker on each of the %uD "
-                      "memcached servers (at most %d)",
-                      memcached_server_count(store->master),
-                      OPTOUT_MARKERS_MAX);
-        memcached_free(store->master);
-        return NGX_ERROR;
-    }
-
     store->mc = ngx_http_optout_mc_create(cycle, &omcf->store_conf,
                                           &omcf->store_prefix,
-                                          omcf->store_timeout);
+                                          omcf->store_timeout,
+                                          omcf->store_servers);
     if (store->mc == NULL) {
         memcached_free(store->master);
         return NGX_ERROR;
     }
+
+    store->nmarkers = ngx_http_optout_mc_markers(store->mc)->n;
 
     store->pool = memcached_pool_create(store->master, 1,
                                         NGX_HTTP_OPTOUT_POOL_MAX);
     if (store->pool == NULL) {
         ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
                       "optout: memcached_pool_create() failed");
+        ngx_http_optout_mc_destroy(store->mc);
         memcached_free(store->master);
         return NGX_ERROR;
     }
@@ -305,7 +305,7 @@ ngx_http_optout_store_lookup(ngx_http_optout_store_t *store,
 
     sh = store->filling;
 
-    if (sh && sh->mget.total + lk->nkeys + store->markers.n
+    if (sh && sh->mget.total + lk->nkeys + store->nmarkers
               > NGX_HTTP_OPTOUT_MGET_KEYS)
     {
         /* full: it goes now, whatever is in flight */
@@ -378,7 +378,7 @@ ngx_http_optout_shared_get(ngx_http_optout_store_t *store)
         ngx_memzero(&mg->event, sizeof(ngx_event_t));
 
         mg->handler = ngx_http_optout_shared_done;
-        mg->data_ptr = sh;
+        mg->ctx = sh;
 
         mg->max = NGX_HTTP_OPTOUT_MGET_KEYS;
         mg->mask = NGX_HTTP_OPTOUT_MGET_HASH - 1;
@@ -437,7 +437,7 @@ ngx_http_optout_shared_post(ngx_http_optout_shared_t *sh)
 static void
 ngx_http_optout_shared_done(ngx_http_optout_mget_t *mg)
 {
-    ngx_http_optout_shared_t *sh = mg->data_ptr;
+    ngx_http_optout_shared_t *sh = mg->ctx;
 
     ngx_int_t                  rc;
     ngx_uint_t                 i, k;
