@@ -174,11 +174,11 @@ ms() {
 # elsewhere on the machine hits each; the medians of the rates and of the
 # p99s.  Every multi-get of (c) finds exactly one key, the marker (no
 # destination has a rule), so memcached's get_hits counts the multi-gets:
-# checks per multi-get is how much coalescing there was (of (c) alone
-# without BASE)
+# checks per multi-get is how much coalescing there was (counted over the
+# runs of (c) only)
 level_row() {
     local i j b_rates= b_p99s= c_rates= c_p99s= x_rates= x_p99s= err=0
-    local b c bp cp x xp hits0 checks=0 order v
+    local b c bp cp x xp hits0 hits=0 checks=0 order v
     local lua=(-s "$prefix/distinct.lua")
     local -A url=([b]="http://127.0.0.1:$port_b/mc?to="
                   [c]="http://127.0.0.1:$port_c/check?to="
@@ -187,17 +187,17 @@ level_row() {
     order=(b c)
     [ -n "$base_c" ] && order+=(x)
 
-    hits0=$(mc_stat get_hits)
-
     for ((i = 0; i < ROUNDS; i++)); do
         for ((j = 0; j < ${#order[@]}; j++)); do
             v=${order[$(( (i + j) % ${#order[@]} ))]}
+            hits0=$(mc_stat get_hits)
             wrk_run "${url[$v]}" "${lua[@]}"
             err=$((err + errors))
             case $v in
             b) b_rates+=" $rate" b_p99s+=" $p99_us" ;;
             c) c_rates+=" $rate" c_p99s+=" $p99_us"
-               checks=$((checks + requests)) ;;
+               checks=$((checks + requests))
+               hits=$((hits + $(mc_stat get_hits) - hits0)) ;;
             x) x_rates+=" $rate" x_p99s+=" $p99_us" ;;
             esac
         done
@@ -209,8 +209,7 @@ level_row() {
     printf '| %5s | %8s | %9s | %8s | %9s | %5sx | %-3s | %5s |' \
         "$CONNS" "$b" "$(ms "$bp")" "$c" "$(ms "$cp")" "$(ratio "$c" "$b")" \
         "$([ "$cp" -le "$bp" ] && echo yes || echo no)" \
-        "$([ -n "$base_c" ] && echo - ||
-           ratio "$checks" "$(($(mc_stat get_hits) - hits0))")"
+        "$(ratio "$checks" "$hits")"
     if [ -n "$base_c" ]; then
         x=$(median <<<"$x_rates") xp=$(median <<<"$x_p99s")
         printf ' %8s | %9s | %5sx | %5sx |' "$x" "$(ms "$xp")" \
