@@ -1,12 +1,13 @@
 
 /*
  * Adds through the management API: a POST of one rule (a JSON object) or
- * of up to 10,000 (an array).  One thread task parses and checks the
- * items, asks memcached which rules exist in one multi-get with markers,
- * writes the journal lines of the new ones and the answer; back on the
- * event loop the new rules are recorded (ngx_http_optout_rule.c: one
- * journal group write, then one pipelined store pass) before the answer
- * goes out.  Batches share the batch checks' limit and queue.
+ * of up to 10,000 (an array).  A thread task parses and checks the items;
+ * the event loop asks memcached which rules exist in one multi-get with
+ * markers; a second task writes the journal lines of the new ones and the
+ * answer; back on the event loop the new rules are recorded
+ * (ngx_http_optout_rule.c: one journal group write, then one pipelined
+ * store pass) before the answer goes out.  Batches share the batch
+ * checks' limit and queue.
  */
 
 

@@ -58,6 +58,8 @@ typedef struct {
 static void ngx_http_optout_mc_start(ngx_http_optout_mc_get_t *get);
 static ngx_int_t ngx_http_optout_mc_connect(ngx_http_optout_mc_get_t *get);
 static void ngx_http_optout_mc_write(ngx_event_t *wev);
+static void ngx_http_optout_mc_wait(ngx_http_optout_mc_get_t *get,
+    ngx_event_t *rev);
 static void ngx_http_optout_mc_read(ngx_event_t *rev);
 static ngx_int_t ngx_http_optout_mc_parse(ngx_http_optout_mc_get_t *get);
 static ngx_int_t ngx_http_optout_mc_value(ngx_http_optout_mc_get_t *get,
@@ -473,7 +475,25 @@ ngx_http_optout_mc_write(ngx_event_t *wev)
         ngx_del_timer(wev);
     }
 
-    ngx_http_optout_mc_read(c->read);
+    if (c->read->ready) {
+        ngx_http_optout_mc_read(c->read);
+        return;
+    }
+
+    ngx_http_optout_mc_wait(get, c->read);
+}
+
+
+/* the reply is not there yet: at most optout_store_timeout for more */
+
+static void
+ngx_http_optout_mc_wait(ngx_http_optout_mc_get_t *get, ngx_event_t *rev)
+{
+    ngx_add_timer(rev, get->mc->timeout);
+
+    if (ngx_handle_read_event(rev, 0) != NGX_OK) {
+        ngx_http_optout_mc_done(get, MEMCACHED_CONNECTION_FAILURE);
+    }
 }
 
 
@@ -538,11 +558,7 @@ ngx_http_optout_mc_read(ngx_event_t *rev)
         }
     }
 
-    ngx_add_timer(rev, conn->mc->timeout);
-
-    if (ngx_handle_read_event(rev, 0) != NGX_OK) {
-        ngx_http_optout_mc_done(get, MEMCACHED_CONNECTION_FAILURE);
-    }
+    ngx_http_optout_mc_wait(get, rev);
 }
 
 
