@@ -7,7 +7,10 @@
 #    rules and the marker under NS; single checks, batches and the API's
 #    look-up find them there, and an API array of new rules (written
 #    without replies, then confirmed by the multi-get) lands under NS.
-# 2. Server names are resolved when the configuration is loaded: one that
+# 2. Values the parser must take as they come: one far longer than its
+#    read buffer (skipped, and its key still blocks), one that is not a
+#    rule (blocks), many values in one reply (a batch of blocked ones).
+# 3. Server names are resolved when the configuration is loaded: one that
 #    does not resolve fails nginx -t, naming it; "localhost" works.
 
 use strict;
@@ -126,6 +129,31 @@ is(check($NEW[0]), '403 blocked 5', 'check: a rule the API added');
 
 my @log = grep { /\[error\]/ } split /\n/, ($t->error_log // '');
 is(scalar @log, 0, 'no error logged') or diag join "\n", @log;
+
+# ---------------------------------------------------------------- values
+
+my $BIG = '+447700900420';
+my $ODD = '+447700900421';
+ok($t->mc_set($NS . $t->skey(dest => $BIG), 'x' x 100000),
+   'a value of 100,000 bytes under a rule key');
+ok($t->mc_set($NS . $t->skey(dest => $ODD), 'not a rule'),
+   'a value that is not a rule');
+
+is(check($BIG), '403 blocked 0', 'check: a long value still blocks');
+is(check($ODD), '403 blocked 0', 'check: a value not a rule blocks');
+is(check($FREE), '204 allowed -', 'check: the connection is in step after');
+
+my @many = map { sprintf('+4477009005%02d', $_) } 0 .. 99;
+ok(!grep({ !$t->mc_set($NS . $t->skey(dest => $_), "1 8 $rt api sms 0") }
+         @many), '100 rules set');
+
+$r = $t->request('POST', '/check',
+                 body => join('', map { "$_\n" } $BIG, @many, $ODD, $FREE),
+                 headers => { 'Content-Type' => 'text/plain' });
+$b = eval { $JSON->decode($r->{content}) } || {};
+is($r->{status}, 200, 'batch of long and many values: 200');
+is(scalar @{ $b->{blocked} || [] }, 102, 'batch: 102 blocked');
+is($b->{allowed}, 1, 'batch: 1 allowed');
 
 # ---------------------------------------------------------------- localhost
 
