@@ -114,6 +114,8 @@ ngx_http_optout_mc_create(ngx_cycle_t *cycle, ngx_str_t *conf,
         mc->ns_len = ngx_strlen(ns);
 
         if (mc->ns_len > sizeof(mc->ns)) {
+            ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
+                          "optout: memcached namespace too long");
             goto failed;
         }
 
@@ -123,6 +125,9 @@ ngx_http_optout_mc_create(ngx_cycle_t *cycle, ngx_str_t *conf,
     mc->nservers = memcached_server_count(mc->placer);
 
     if (mc->nservers != servers->nelts) {
+        ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
+                      "optout: %ui memcached servers, %ui resolved",
+                      mc->nservers, servers->nelts);
         goto failed;
     }
 
