@@ -19,7 +19,10 @@
 # (3), DURATION (seconds a run, 10), WORKERS (2), CONNS (64, for (a) (d)
 # (e)), CHECK_CONCURRENCY (optout_check_concurrency, else its default),
 # MODULE (the .so to load, build/ngx_http_optout_module.so: to compare
-# builds with the same script).
+# builds with the same script), BASE (another build's .so: a second nginx
+# with the same configuration loads it, on the same memcached, and its
+# cache miss (c') and batches (e') run in turn with the others, so that
+# both builds meet the same load from elsewhere on the machine).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -72,6 +75,27 @@ bench_nginx "
         location = /check { optout_check; }
     }"
 
+# BASE: the same nginx again, with the other build, on other ports
+base_c= base_e=
+if [ -n "${BASE:-}" ]; then
+    base_c=$(free_port) base_e=$(free_port)
+    mkdir -p "$prefix/base/conf" "$prefix/base/logs" "$prefix/base/tmp"
+    cp "$prefix/conf/"*.key "$prefix/base/conf/"
+    sed -e "s|^load_module .*|load_module $BASE;|" \
+        -e "s|127.0.0.1:$port_a;|127.0.0.1:$(free_port);|" \
+        -e "s|127.0.0.1:$port_b;|127.0.0.1:$(free_port);|" \
+        -e "s|127.0.0.1:$port_c;|127.0.0.1:$base_c;|" \
+        -e "s|127.0.0.1:$port_e;|127.0.0.1:$base_e;|" \
+        "$prefix/conf/nginx.conf" > "$prefix/base/conf/nginx.conf"
+    nginx -p "$prefix/base/" -c conf/nginx.conf
+    for _ in $(seq 50); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$base_c") 2>/dev/null && break
+        sleep 0.1
+    done
+    trap 'kill "$(cat "$prefix/base/logs/nginx.pid")" 2>/dev/null;
+          bench_teardown' EXIT
+fi
+
 # seed the store: markers, and one opt-out for the cache-hit variant
 printf '{"t":1795424400.000,"action":"optout","ns":"","dest":"%s","scope":"account","campaign":"42","source":"api","channel":"sms","client":"","kid":0}\n' \
     "$blocked_dest" > "$prefix/seed.journal"
@@ -94,6 +118,7 @@ expect 204 "http://127.0.0.1:$port_a/ceiling"
 expect 204 "http://127.0.0.1:$port_b/mc?to=$enc_allowed"
 expect 204 "http://127.0.0.1:$port_c/check?to=$enc_allowed"
 expect 403 "http://127.0.0.1:$port_c/check?to=$enc_blocked"
+[ -n "$base_c" ] && expect 204 "http://127.0.0.1:$base_c/check?to=$enc_allowed"
 
 # 1,000 distinct destinations per batch, none with a rule
 seq 15005560000 15005560999 | sed 's/^/+/' > "$prefix/batch.txt"
@@ -144,44 +169,53 @@ ms() {
     awk -v us="$1" 'BEGIN { printf "%.2f ms", us / 1000 }'
 }
 
-# one row at $CONNS connections: $ROUNDS rounds of (b) and (c), the order
-# alternating, so that a burst of load from elsewhere on the machine hits
-# both; the medians of the rates and of the p99s.  Every multi-get of (c)
-# finds exactly one key, the marker (no destination has a rule), so
-# memcached's get_hits counts the multi-gets: checks per multi-get is how
-# much coalescing there was
+# one row at $CONNS connections: $ROUNDS rounds of (b) and (c), and of
+# (c') with BASE, the order rotating, so that a burst of load from
+# elsewhere on the machine hits each; the medians of the rates and of the
+# p99s.  Every multi-get of (c) finds exactly one key, the marker (no
+# destination has a rule), so memcached's get_hits counts the multi-gets:
+# checks per multi-get is how much coalescing there was (counted over the
+# runs of (c) only)
 level_row() {
-    local i b_rates= b_p99s= c_rates= c_p99s= err=0 b c bp cp
-    local hits0 checks=0
-    local mc="http://127.0.0.1:$port_b/mc?to="
-    local ck="http://127.0.0.1:$port_c/check?to="
+    local i j b_rates= b_p99s= c_rates= c_p99s= x_rates= x_p99s= err=0
+    local b c bp cp x xp hits0 hits=0 checks=0 order v
     local lua=(-s "$prefix/distinct.lua")
+    local -A url=([b]="http://127.0.0.1:$port_b/mc?to="
+                  [c]="http://127.0.0.1:$port_c/check?to="
+                  [x]="http://127.0.0.1:$base_c/check?to=")
 
-    hits0=$(mc_stat get_hits)
+    order=(b c)
+    [ -n "$base_c" ] && order+=(x)
 
     for ((i = 0; i < ROUNDS; i++)); do
-        if [ $((i % 2)) = 0 ]; then
-            wrk_run "$mc" "${lua[@]}"
-            b_rates+=" $rate" b_p99s+=" $p99_us" err=$((err + errors))
-            wrk_run "$ck" "${lua[@]}"
-            c_rates+=" $rate" c_p99s+=" $p99_us" err=$((err + errors))
-            checks=$((checks + requests))
-        else
-            wrk_run "$ck" "${lua[@]}"
-            c_rates+=" $rate" c_p99s+=" $p99_us" err=$((err + errors))
-            checks=$((checks + requests))
-            wrk_run "$mc" "${lua[@]}"
-            b_rates+=" $rate" b_p99s+=" $p99_us" err=$((err + errors))
-        fi
+        for ((j = 0; j < ${#order[@]}; j++)); do
+            v=${order[$(( (i + j) % ${#order[@]} ))]}
+            hits0=$(mc_stat get_hits)
+            wrk_run "${url[$v]}" "${lua[@]}"
+            err=$((err + errors))
+            case $v in
+            b) b_rates+=" $rate" b_p99s+=" $p99_us" ;;
+            c) c_rates+=" $rate" c_p99s+=" $p99_us"
+               checks=$((checks + requests))
+               hits=$((hits + $(mc_stat get_hits) - hits0)) ;;
+            x) x_rates+=" $rate" x_p99s+=" $p99_us" ;;
+            esac
+        done
     done
 
     b=$(median <<<"$b_rates") bp=$(median <<<"$b_p99s")
     c=$(median <<<"$c_rates") cp=$(median <<<"$c_p99s")
 
-    printf '| %5s | %8s | %9s | %8s | %9s | %5sx | %-3s | %5s |\n' \
+    printf '| %5s | %8s | %9s | %8s | %9s | %5sx | %-3s | %5s |' \
         "$CONNS" "$b" "$(ms "$bp")" "$c" "$(ms "$cp")" "$(ratio "$c" "$b")" \
         "$([ "$cp" -le "$bp" ] && echo yes || echo no)" \
-        "$(ratio "$checks" "$(($(mc_stat get_hits) - hits0))")"
+        "$(ratio "$checks" "$hits")"
+    if [ -n "$base_c" ]; then
+        x=$(median <<<"$x_rates") xp=$(median <<<"$x_p99s")
+        printf ' %8s | %9s | %5sx | %5sx |' "$x" "$(ms "$xp")" \
+            "$(ratio "$x" "$b")" "$(ratio "$c" "$x")"
+    fi
+    echo
     [ "$err" = 0 ] || echo "bench: $err non-2xx answers or socket errors" >&2
 }
 
@@ -190,9 +224,16 @@ ROUNDS=${ROUNDS:-3}
 echo "median of $ROUNDS rounds of ${DURATION}s, up to $THREADS wrk threads," \
      "${WORKERS:-2} nginx workers, a distinct destination per request"
 echo
-echo "| conns | (b) memcached_pass req/s | p99 | (c) optout_check miss" \
-     "req/s | p99 | (c)/(b) | p99 (c) <= (b) | checks per multi-get |"
-echo "|---:|---:|---:|---:|---:|---:|---|---:|"
+if [ -n "$base_c" ]; then
+    echo "| conns | (b) memcached_pass req/s | p99 | (c) optout_check miss" \
+         "req/s | p99 | (c)/(b) | p99 (c) <= (b) | checks per multi-get" \
+         "| (c') BASE miss req/s | p99 | (c')/(b) | (c)/(c') |"
+    echo "|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"
+else
+    echo "| conns | (b) memcached_pass req/s | p99 | (c) optout_check miss" \
+         "req/s | p99 | (c)/(b) | p99 (c) <= (b) | checks per multi-get |"
+    echo "|---:|---:|---:|---:|---:|---:|---|---:|"
+fi
 top=$CONNS
 for CONNS in $LEVELS; do
     level_row
@@ -210,8 +251,17 @@ wrk_rate "(e) batch, 1,000 destinations per POST" \
 # only the 200s count: a batch refused with 503 (queue full) checked nothing
 batchrate=$(awk -v r="$rate" -v n="$requests" -v e="$errors" \
             'BEGIN { printf "%.0f", (n > 0) ? r * (n - e) / n : 0 }')
+if [ -n "$base_e" ]; then
+    wrk_rate "(e') BASE batch, 1,000 destinations per POST" \
+        "http://127.0.0.1:$base_e/check" -s "$prefix/batch.lua"
+    basebatch=$(awk -v r="$rate" -v n="$requests" -v e="$errors" \
+                'BEGIN { printf "%.0f", (n > 0) ? r * (n - e) / n : 0 }')
+fi
 
 echo
 echo "(d)/(a) cache hit / ceiling:     $(ratio "$hit" "$ceil")x"
 echo "(e) batches answered 200:        $batchrate/s"
 echo "(e) destinations per second:     $((batchrate * 1000))"
+if [ -n "$base_e" ]; then
+    echo "(e') BASE batches answered 200:  $basebatch/s"
+fi

@@ -32,6 +32,11 @@ typedef struct {
     ngx_http_optout_record_t         record;
     ngx_uint_t                       count[3]; /* by item status */
 
+    /* an array between its two thread tasks */
+    json_t                          *root;
+    ngx_http_optout_api_item_t      *items;
+    size_t                           nitems;
+
     /* one rule checked on the event loop */
     ngx_http_optout_api_item_t      *item;
     ngx_http_optout_lookup_t         lookup;
@@ -58,6 +63,8 @@ json_t *ngx_http_optout_api_items_parse(ngx_http_optout_api_add_t *ac,
     size_t *n);
 void ngx_http_optout_api_items_check(ngx_http_optout_api_add_t *ac,
     json_t *v, ngx_http_optout_api_item_t *it);
+ngx_int_t ngx_http_optout_api_items_keys(ngx_http_optout_api_add_t *ac,
+    ngx_http_optout_api_item_t *items, size_t n);
 void ngx_http_optout_api_items_classify(ngx_http_optout_api_add_t *ac,
     ngx_http_optout_api_item_t *items, size_t n);
 ngx_int_t ngx_http_optout_api_items_record(ngx_http_optout_api_add_t *ac,

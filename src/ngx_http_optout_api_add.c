@@ -1,12 +1,13 @@
 
 /*
  * Adds through the management API: a POST of one rule (a JSON object) or
- * of up to 10,000 (an array).  One thread task parses and checks the
- * items, asks memcached which rules exist in one multi-get with markers,
- * writes the journal lines of the new ones and the answer; back on the
- * event loop the new rules are recorded (ngx_http_optout_rule.c: one
- * journal group write, then one pipelined store pass) before the answer
- * goes out.  Batches share the batch checks' limit and queue.
+ * of up to 10,000 (an array).  A thread task parses and checks the items;
+ * the event loop asks memcached which rules exist in one multi-get with
+ * markers; a second task writes the journal lines of the new ones and the
+ * answer; back on the event loop the new rules are recorded
+ * (ngx_http_optout_rule.c: one journal group write, then one pipelined
+ * store pass) before the answer goes out.  Batches share the batch
+ * checks' limit and queue.
  */
 
 
@@ -24,6 +25,9 @@ static void ngx_http_optout_api_add_wake(ngx_http_optout_batch_slot_t *slot);
 static ngx_int_t ngx_http_optout_api_add_start(ngx_http_request_t *r,
     ngx_http_optout_api_add_t *ac, ngx_thread_pool_t *pool);
 static void ngx_http_optout_api_add_thread(void *data, ngx_log_t *log);
+static void ngx_http_optout_api_add_record_thread(void *data,
+    ngx_log_t *log);
+static void ngx_http_optout_api_add_items_free(ngx_http_optout_api_add_t *ac);
 static ngx_int_t ngx_http_optout_api_add_one(ngx_http_request_t *r,
     ngx_http_optout_api_add_t *ac);
 static void ngx_http_optout_api_add_looked(ngx_http_optout_lookup_t *lk);
@@ -190,8 +194,10 @@ ngx_http_optout_api_add_create(ngx_http_request_t *r)
     ac->now = tp->sec + tp->msec / 1000.0;
 
     task->handler = ngx_http_optout_api_add_thread;
-    task->event.handler = ngx_http_optout_api_add_done;
+    task->event.handler = ngx_http_optout_batch_stage;
     task->event.data = ac;
+
+    ac->bc.done = ngx_http_optout_api_add_done;
 
     return ac;
 }
@@ -249,6 +255,8 @@ ngx_http_optout_api_add_start(ngx_http_request_t *r,
     if (ac->bc.mac == NULL) {
         goto failed;
     }
+
+    ac->bc.pool = pool;
 
     if (ngx_thread_task_post(pool, ac->bc.task) != NGX_OK) {
         goto failed;
@@ -432,14 +440,15 @@ ngx_http_optout_api_add_finish(ngx_http_request_t *r,
 }
 
 
+/* the first task: the items parsed and checked, the keys to look up */
+
 static void
 ngx_http_optout_api_add_thread(void *data, ngx_log_t *log)
 {
     ngx_http_optout_api_add_t *ac = data;
 
-    size_t                       i, n;
-    json_t                      *root, *v;
-    ngx_http_optout_api_item_t  *items;
+    size_t   i, n;
+    json_t  *root, *v;
 
     if (ngx_http_optout_batch_read_body(&ac->bc) != NGX_OK) {
         return;
@@ -450,36 +459,70 @@ ngx_http_optout_api_add_thread(void *data, ngx_log_t *log)
         return;
     }
 
-    items = calloc(n, sizeof(ngx_http_optout_api_item_t));
-    if (items == NULL) {
+    ac->root = root;
+    ac->nitems = n;
+
+    ac->items = calloc(n, sizeof(ngx_http_optout_api_item_t));
+    if (ac->items == NULL) {
         goto nomem;
     }
 
     for (i = 0; i < n; i++) {
         v = json_is_array(root) ? json_array_get(root, i) : root;
-        ngx_http_optout_api_items_check(ac, v, &items[i]);
+        ngx_http_optout_api_items_check(ac, v, &ac->items[i]);
     }
 
-    ngx_http_optout_api_items_classify(ac, items, n);
+    /* without the keys, every valid item is recorded */
 
-    if (ngx_http_optout_api_items_record(ac, items, n) != NGX_OK) {
-        goto nomem;
-    }
+    (void) ngx_http_optout_api_items_keys(ac, ac->items, n);
 
-    ngx_http_optout_api_items_answer(ac, items, n);
-
-    free(items);
-    json_decref(root);
+    ac->bc.next = ngx_http_optout_api_add_record_thread;
 
     return;
 
 nomem:
 
-    free(items);
-    json_decref(root);
+    ngx_http_optout_api_add_items_free(ac);
 
     ngx_http_optout_batch_fail(&ac->bc, NGX_HTTP_INTERNAL_SERVER_ERROR,
                                "50000", "Internal error", "Out of memory.");
+}
+
+
+/* the second task, after the multi-get: the journal lines and answer */
+
+static void
+ngx_http_optout_api_add_record_thread(void *data, ngx_log_t *log)
+{
+    ngx_http_optout_api_add_t *ac = data;
+
+    ngx_http_optout_api_items_classify(ac, ac->items, ac->nitems);
+
+    if (ngx_http_optout_api_items_record(ac, ac->items, ac->nitems)
+        != NGX_OK)
+    {
+        ngx_http_optout_batch_fail(&ac->bc, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                   "50000", "Internal error",
+                                   "Out of memory.");
+
+    } else {
+        ngx_http_optout_api_items_answer(ac, ac->items, ac->nitems);
+    }
+
+    ngx_http_optout_api_add_items_free(ac);
+}
+
+
+static void
+ngx_http_optout_api_add_items_free(ngx_http_optout_api_add_t *ac)
+{
+    free(ac->items);
+    ac->items = NULL;
+
+    if (ac->root) {
+        json_decref(ac->root);
+        ac->root = NULL;
+    }
 }
 
 

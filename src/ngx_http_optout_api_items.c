@@ -21,6 +21,8 @@ static ngx_int_t ngx_http_optout_api_campaign(json_t *f,
     uint64_t *campaign);
 static ngx_int_t ngx_http_optout_api_since(const char *s, size_t len,
     int64_t *t);
+static void ngx_http_optout_api_items_keys_free(
+    ngx_http_optout_batch_ctx_t *bc);
 
 
 /* the items: one object, or an array of 1..10,000 */
@@ -321,56 +323,74 @@ ngx_http_optout_api_since(const char *s, size_t len, int64_t *t)
 }
 
 
+/* the keys of the items to add, for the one multi-get with markers */
+
+ngx_int_t
+ngx_http_optout_api_items_keys(ngx_http_optout_api_add_t *ac,
+    ngx_http_optout_api_item_t *items, size_t n)
+{
+    size_t                        i, m;
+    ngx_http_optout_batch_ctx_t  *bc;
+
+    bc = &ac->bc;
+
+    bc->mget_keys = malloc(n * sizeof(char *));
+    bc->mget_lens = malloc(n * sizeof(size_t));
+    bc->mget_found = malloc(n);
+    bc->mget_rules = malloc(n * sizeof(optout_rule_t));
+
+    if (bc->mget_keys == NULL || bc->mget_lens == NULL
+        || bc->mget_found == NULL || bc->mget_rules == NULL)
+    {
+        ngx_http_optout_api_items_keys_free(bc);
+        return NGX_ERROR;
+    }
+
+    m = 0;
+
+    for (i = 0; i < n; i++) {
+        if (items[i].status == NGX_HTTP_OPTOUT_API_ADDED) {
+            bc->mget_keys[m] = (char *) items[i].key;
+            bc->mget_lens[m] = items[i].key_len;
+            m++;
+        }
+    }
+
+    bc->mget_n = m;
+
+    return NGX_OK;
+}
+
+
 /*
- * One multi-get with markers: a rule that exists, or is pending on this
- * node, is "present".  When memcached cannot tell, every valid item is
- * recorded: the journal keeps it, and a second opt-out changes nothing.
+ * After the multi-get (bc->mget_rc): a rule that exists, or is pending on
+ * this node, is "present".  When memcached cannot tell, every valid item
+ * is recorded: the journal keeps it, and a second opt-out changes nothing.
  */
 
 void
 ngx_http_optout_api_items_classify(ngx_http_optout_api_add_t *ac,
     ngx_http_optout_api_item_t *items, size_t n)
 {
-    size_t                       i, m, *lens;
-    u_char                      *found;
-    ngx_int_t                    rc;
-    const char                 **keys;
-    optout_rule_t               *rules;
+    size_t                        i, m;
+    ngx_int_t                     rc;
+    ngx_http_optout_batch_ctx_t  *bc;
 
-    keys = malloc(n * sizeof(char *));
-    lens = malloc(n * sizeof(size_t));
-    found = malloc(n);
-    rules = malloc(n * sizeof(optout_rule_t));
-
-    rc = NGX_ERROR;
-    m = 0;
-
-    if (keys && lens && found && rules) {
-        for (i = 0; i < n; i++) {
-            if (items[i].status == NGX_HTTP_OPTOUT_API_ADDED) {
-                keys[m] = (char *) items[i].key;
-                lens[m] = items[i].key_len;
-                m++;
-            }
-        }
-
-        rc = m ? ngx_http_optout_store_mget(ac->bc.store, keys, lens, m,
-                                            found, rules)
-               : NGX_OK;
-    }
+    bc = &ac->bc;
+    rc = (bc->mget_found && bc->mget_rules) ? bc->mget_rc : NGX_ERROR;
 
     for (i = 0, m = 0; i < n; i++) {
         if (items[i].status != NGX_HTTP_OPTOUT_API_ADDED) {
             continue;
         }
 
-        items[i].absent = (rc == NGX_OK && !found[m]);
+        items[i].absent = (rc == NGX_OK && !bc->mget_found[m]);
 
-        if (rc == NGX_OK && found[m]) {
+        if (rc == NGX_OK && bc->mget_found[m]) {
             items[i].status = NGX_HTTP_OPTOUT_API_PRESENT;
-            items[i].rule = rules[m];
+            items[i].rule = bc->mget_rules[m];
 
-        } else if (ngx_http_optout_pending_find(ac->bc.pending, items[i].key,
+        } else if (ngx_http_optout_pending_find(bc->pending, items[i].key,
                                                 items[i].key_len,
                                                 &items[i].rule)
                    == NGX_OK)
@@ -382,10 +402,23 @@ ngx_http_optout_api_items_classify(ngx_http_optout_api_add_t *ac,
         m++;
     }
 
-    free(keys);
-    free(lens);
-    free(found);
-    free(rules);
+    ngx_http_optout_api_items_keys_free(bc);
+}
+
+
+static void
+ngx_http_optout_api_items_keys_free(ngx_http_optout_batch_ctx_t *bc)
+{
+    free(bc->mget_keys);
+    free(bc->mget_lens);
+    free(bc->mget_found);
+    free(bc->mget_rules);
+
+    bc->mget_keys = NULL;
+    bc->mget_lens = NULL;
+    bc->mget_found = NULL;
+    bc->mget_rules = NULL;
+    bc->mget_n = 0;
 }
 
 

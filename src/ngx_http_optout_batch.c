@@ -4,8 +4,10 @@
  * array of strings, or {"sender": ..., "destinations": [...]}) answered
  * with the blocked and the invalid ones.  The event loop reads the body,
  * waits for a free place among the worker's batches (batch_queue.c) and
- * sends the answer; parsing, key derivation, the multi-get and writing
- * the answer run in one thread-pool task that owns copies of its inputs.
+ * sends the answer.  Parsing and key derivation run in a thread-pool
+ * task that owns copies of its inputs; the multi-get runs on the event
+ * loop (ngx_http_optout_batch_stage()); the verdicts and the answer run
+ * in a second task.
  */
 
 
@@ -21,6 +23,9 @@ static void ngx_http_optout_batch_wake(ngx_http_optout_batch_slot_t *slot);
 static ngx_int_t ngx_http_optout_batch_start(ngx_http_request_t *r,
     ngx_http_optout_batch_ctx_t *bc);
 static void ngx_http_optout_batch_thread(void *data, ngx_log_t *log);
+static void ngx_http_optout_batch_answer_thread(void *data, ngx_log_t *log);
+static void ngx_http_optout_batch_mgot(void *data, ngx_int_t rc);
+static void ngx_http_optout_batch_next(ngx_http_optout_batch_ctx_t *bc);
 static void ngx_http_optout_batch_done(ngx_event_t *ev);
 static ngx_int_t ngx_http_optout_batch_send(ngx_http_request_t *r,
     ngx_http_optout_batch_ctx_t *bc);
@@ -172,8 +177,10 @@ ngx_http_optout_batch_create(ngx_http_request_t *r)
     bc->fd = NGX_INVALID_FILE;
 
     task->handler = ngx_http_optout_batch_thread;
-    task->event.handler = ngx_http_optout_batch_done;
+    task->event.handler = ngx_http_optout_batch_stage;
     task->event.data = bc;
+
+    bc->done = ngx_http_optout_batch_done;
 
     bc->slot.handler = ngx_http_optout_batch_wake;
     bc->slot.data = bc;
@@ -287,7 +294,9 @@ ngx_http_optout_batch_start(ngx_http_request_t *r,
         goto failed;
     }
 
-    if (ngx_thread_task_post(omcf->batch_thread_pool, bc->task) != NGX_OK) {
+    bc->pool = omcf->batch_thread_pool;
+
+    if (ngx_thread_task_post(bc->pool, bc->task) != NGX_OK) {
         goto failed;
     }
 
@@ -361,25 +370,103 @@ ngx_http_optout_batch_thread(void *data, ngx_log_t *log)
 {
     ngx_http_optout_batch_ctx_t *bc = data;
 
-    ngx_http_optout_batch_list_t   list;
-    ngx_http_optout_batch_dest_t  *dests;
-
     if (ngx_http_optout_batch_read_body(bc) != NGX_OK) {
         return;
     }
 
-    ngx_memzero(&list, sizeof(ngx_http_optout_batch_list_t));
-
-    if (ngx_http_optout_batch_parse(bc, &list) == NGX_OK) {
-        dests = ngx_http_optout_batch_lookup(bc, &list);
-
-        if (dests) {
-            ngx_http_optout_batch_answer(bc, &list, dests);
-            free(dests);
-        }
+    if (ngx_http_optout_batch_parse(bc, &bc->list) == NGX_OK
+        && ngx_http_optout_batch_lookup(bc) == NGX_OK)
+    {
+        bc->next = ngx_http_optout_batch_answer_thread;
+        return;
     }
 
-    ngx_http_optout_batch_list_free(&list);
+    ngx_http_optout_batch_list_free(&bc->list);
+}
+
+
+static void
+ngx_http_optout_batch_answer_thread(void *data, ngx_log_t *log)
+{
+    ngx_http_optout_batch_ctx_t *bc = data;
+
+    ngx_http_optout_batch_dest_t  *dests;
+
+    dests = ngx_http_optout_batch_verdicts(bc);
+
+    if (dests) {
+        ngx_http_optout_batch_answer(bc, &bc->list, dests);
+        free(dests);
+    }
+
+    ngx_http_optout_batch_list_free(&bc->list);
+}
+
+
+/*
+ * The first task ended: the multi-get of its keys on the event loop, then
+ * the second task; or, without one, the end.
+ */
+
+void
+ngx_http_optout_batch_stage(ngx_event_t *ev)
+{
+    ngx_http_optout_batch_ctx_t *bc = ev->data;
+
+    if (bc->next == NULL) {
+        bc->done(ev);
+        return;
+    }
+
+    if (bc->mget_n == 0) {
+        bc->mget_rc = NGX_OK;
+        ngx_http_optout_batch_next(bc);
+        return;
+    }
+
+    if (ngx_http_optout_store_mget(bc->store, bc->mget_keys, bc->mget_lens,
+                                   bc->mget_n, bc->mget_found,
+                                   bc->mget_rules, ngx_http_optout_batch_mgot,
+                                   bc)
+        != NGX_OK)
+    {
+        bc->mget_rc = NGX_ERROR;
+        ngx_http_optout_batch_next(bc);
+    }
+}
+
+
+static void
+ngx_http_optout_batch_mgot(void *data, ngx_int_t rc)
+{
+    ngx_http_optout_batch_ctx_t *bc = data;
+
+    bc->mget_rc = rc;
+
+    ngx_http_optout_batch_next(bc);
+}
+
+
+static void
+ngx_http_optout_batch_next(ngx_http_optout_batch_ctx_t *bc)
+{
+    ngx_thread_task_t  *task;
+
+    task = bc->task;
+
+    task->handler = bc->next;
+    task->event.handler = bc->done;
+
+    bc->next = NULL;
+
+    if (ngx_thread_task_post(bc->pool, task) == NGX_OK) {
+        return;
+    }
+
+    /* the queue is full: the second part runs here, this once */
+
+    task->handler(task->ctx, bc->request->connection->log);
+    task->event.handler(&task->event);
 }
 
 

@@ -87,9 +87,38 @@ typedef struct {
 } ngx_http_optout_segment_t;
 
 
+/* a batch's store keys, "per" a valid destination, and what was found */
+typedef struct {
+    ngx_uint_t                       per;
+    ngx_uint_t                       nkeys;
+    char                            *keybuf;
+    const char                     **keys;
+    size_t                          *lens;
+    u_char                          *found;
+    optout_rule_t                   *rules;
+    u_char                          *pending;   /* in the pending set */
+    optout_rule_t                   *prules;
+    ngx_uint_t                       busy;      /* that set overflowed */
+} ngx_http_optout_batch_keys_t;
+
+
+/*
+ * The context of a batch check or an API add: a thread task, then perhaps
+ * the multi-get of mget_keys on the event loop and a second thread task,
+ * "next"; "done" ends the last one on the event loop.
+ */
 typedef struct {
     ngx_http_request_t              *request;
     ngx_thread_task_t               *task;
+    ngx_thread_pool_t               *pool;
+    ngx_event_handler_pt             done;
+    void                           (*next)(void *data, ngx_log_t *log);
+    const char                     **mget_keys;
+    size_t                          *mget_lens;
+    ngx_uint_t                       mget_n;
+    u_char                          *mget_found;
+    optout_rule_t                   *mget_rules;
+    ngx_int_t                        mget_rc;
     ngx_http_optout_store_t         *store;
     ngx_http_optout_pending_t       *pending;
     optout_mac_t                    *mac;
@@ -111,6 +140,11 @@ typedef struct {
     ngx_http_optout_out_t            out;
     ngx_event_t                      hold;
     ngx_http_optout_batch_slot_t     slot;
+
+    /* a batch check between its two tasks */
+    ngx_http_optout_batch_list_t     list;
+    ngx_http_optout_batch_dest_t    *dests;
+    ngx_http_optout_batch_keys_t     keys;
 } ngx_http_optout_batch_ctx_t;
 
 
@@ -118,6 +152,7 @@ typedef struct {
 ngx_int_t ngx_http_optout_batch_copy_body(ngx_http_request_t *r,
     ngx_http_optout_batch_ctx_t *bc);
 ngx_int_t ngx_http_optout_batch_read_body(ngx_http_optout_batch_ctx_t *bc);
+void ngx_http_optout_batch_stage(ngx_event_t *ev);
 
 /* ngx_http_optout_batch_queue.c */
 ngx_int_t ngx_http_optout_batch_slot_get(ngx_http_optout_main_conf_t *omcf,
@@ -133,8 +168,9 @@ ngx_int_t ngx_http_optout_batch_parse(ngx_http_optout_batch_ctx_t *bc,
 void ngx_http_optout_batch_list_free(ngx_http_optout_batch_list_t *list);
 
 /* ngx_http_optout_batch_lookup.c */
-ngx_http_optout_batch_dest_t *ngx_http_optout_batch_lookup(
-    ngx_http_optout_batch_ctx_t *bc, ngx_http_optout_batch_list_t *list);
+ngx_int_t ngx_http_optout_batch_lookup(ngx_http_optout_batch_ctx_t *bc);
+ngx_http_optout_batch_dest_t *ngx_http_optout_batch_verdicts(
+    ngx_http_optout_batch_ctx_t *bc);
 
 /* ngx_http_optout_batch_answer.c */
 void ngx_http_optout_batch_answer(ngx_http_optout_batch_ctx_t *bc,

@@ -1,26 +1,13 @@
 
 /*
- * The lookup of a batch, in the thread: normalize each destination,
- * derive its store keys (account-wide, and per sender when one is
- * given), one multi-get of them all, and each destination's verdict.
+ * The lookup of a batch, in two thread tasks around the one multi-get on
+ * the event loop: first normalize each destination, derive its store keys
+ * (account-wide, and per sender when one is given) and read the pending
+ * set; then, with the multi-get's answer, each destination's verdict.
  */
 
 
 #include "ngx_http_optout_batch.h"
-
-
-typedef struct {
-    ngx_uint_t                       per;
-    ngx_uint_t                       nkeys;
-    char                            *keybuf;
-    const char                     **keys;
-    size_t                          *lens;
-    u_char                          *found;
-    optout_rule_t                   *rules;
-    u_char                          *pending;   /* in the pending set */
-    optout_rule_t                   *prules;
-    ngx_uint_t                       busy;      /* that set overflowed */
-} ngx_http_optout_batch_keys_t;
 
 
 static ngx_int_t ngx_http_optout_batch_keys(ngx_http_optout_batch_ctx_t *bc,
@@ -37,28 +24,29 @@ static void ngx_http_optout_batch_keys_free(ngx_http_optout_batch_keys_t *k);
 
 
 /*
- * Returns one entry a destination, or NULL with the error answer written
- * (no memory, or the store cannot answer with "optout_check_fail closed").
- * The caller frees the entries.
+ * In the first task: bc->dests, bc->keys, and the keys of the multi-get.
+ * NGX_ERROR: the error answer is written (no memory, key derivation
+ * failed), and nothing is left to free.
  */
 
-ngx_http_optout_batch_dest_t *
-ngx_http_optout_batch_lookup(ngx_http_optout_batch_ctx_t *bc,
-    ngx_http_optout_batch_list_t *list)
+ngx_int_t
+ngx_http_optout_batch_lookup(ngx_http_optout_batch_ctx_t *bc)
 {
     ngx_int_t                      rc;
-    ngx_uint_t                     i, key;
-    ngx_http_optout_batch_keys_t   k;
-    ngx_http_optout_batch_dest_t  *dests;
+    ngx_http_optout_batch_keys_t  *k;
+    ngx_http_optout_batch_list_t  *list;
 
-    ngx_memzero(&k, sizeof(ngx_http_optout_batch_keys_t));
+    k = &bc->keys;
+    list = &bc->list;
 
-    dests = malloc(list->n * sizeof(ngx_http_optout_batch_dest_t));
-    if (dests == NULL) {
+    ngx_memzero(k, sizeof(ngx_http_optout_batch_keys_t));
+
+    bc->dests = malloc(list->n * sizeof(ngx_http_optout_batch_dest_t));
+    if (bc->dests == NULL) {
         goto no_memory;
     }
 
-    rc = ngx_http_optout_batch_keys(bc, list, dests, &k);
+    rc = ngx_http_optout_batch_keys(bc, list, bc->dests, k);
 
     if (rc == NGX_ERROR) {
         goto no_memory;
@@ -76,18 +64,58 @@ ngx_http_optout_batch_lookup(ngx_http_optout_batch_ctx_t *bc,
      * meanwhile is already in memcached when the store is asked
      */
 
-    ngx_http_optout_batch_pending(bc, &k);
+    ngx_http_optout_batch_pending(bc, k);
 
-    if (ngx_http_optout_batch_mget(bc, &k) != NGX_OK) {
+    bc->mget_keys = k->keys;
+    bc->mget_lens = k->lens;
+    bc->mget_n = k->nkeys;
+    bc->mget_found = k->found;
+    bc->mget_rules = k->rules;
+
+    return NGX_OK;
+
+no_memory:
+
+    ngx_http_optout_batch_fail(bc, NGX_HTTP_INTERNAL_SERVER_ERROR, "50000",
+                               "Internal error", "Out of memory.");
+
+failed:
+
+    ngx_http_optout_batch_keys_free(k);
+    free(bc->dests);
+    bc->dests = NULL;
+
+    return NGX_ERROR;
+}
+
+
+/*
+ * In the second task, once the multi-get ended (bc->mget_rc): one entry
+ * a destination, or NULL with the error answer written (the store cannot
+ * answer with "optout_check_fail closed").  The caller frees the entries.
+ */
+
+ngx_http_optout_batch_dest_t *
+ngx_http_optout_batch_verdicts(ngx_http_optout_batch_ctx_t *bc)
+{
+    ngx_uint_t                     i, key;
+    ngx_http_optout_batch_keys_t  *k;
+    ngx_http_optout_batch_dest_t  *dests;
+
+    k = &bc->keys;
+    dests = bc->dests;
+    bc->dests = NULL;
+
+    if (ngx_http_optout_batch_mget(bc, k) != NGX_OK) {
         goto failed;
     }
 
-    for (i = 0, key = 0; i < list->n; i++) {
+    for (i = 0, key = 0; i < bc->list.n; i++) {
         if (dests[i].status == NGX_HTTP_OPTOUT_STATUS_INVALID) {
             continue;
         }
 
-        if (ngx_http_optout_batch_verdict(bc, &dests[i], &k, key)
+        if (ngx_http_optout_batch_verdict(bc, &dests[i], k, key)
             != NGX_OK)
         {
             ngx_http_optout_batch_fail(bc, NGX_HTTP_SERVICE_UNAVAILABLE,
@@ -99,21 +127,16 @@ ngx_http_optout_batch_lookup(ngx_http_optout_batch_ctx_t *bc,
             goto failed;
         }
 
-        key += k.per;
+        key += k->per;
     }
 
-    ngx_http_optout_batch_keys_free(&k);
+    ngx_http_optout_batch_keys_free(k);
 
     return dests;
 
-no_memory:
-
-    ngx_http_optout_batch_fail(bc, NGX_HTTP_INTERNAL_SERVER_ERROR, "50000",
-                               "Internal error", "Out of memory.");
-
 failed:
 
-    ngx_http_optout_batch_keys_free(&k);
+    ngx_http_optout_batch_keys_free(k);
     free(dests);
 
     return NULL;
@@ -212,8 +235,8 @@ ngx_http_optout_batch_pending(ngx_http_optout_batch_ctx_t *bc,
 
 
 /*
- * The one call to the store.  NGX_OK: k->found and k->rules are known, or
- * unknown and taken as allowed with "optout_check_fail open"
+ * The answer of the one call to the store.  NGX_OK: k->found and k->rules
+ * are known, or unknown and taken as allowed with "optout_check_fail open"
  * (bc->unverified); NGX_ERROR: the error answer is written.
  */
 
@@ -227,8 +250,7 @@ ngx_http_optout_batch_mget(ngx_http_optout_batch_ctx_t *bc,
         return NGX_OK;
     }
 
-    rc = ngx_http_optout_store_mget(bc->store, k->keys, k->lens, k->nkeys,
-                                    k->found, k->rules);
+    rc = bc->mget_rc;
 
     if (rc == NGX_OK) {
         return NGX_OK;
@@ -307,4 +329,6 @@ ngx_http_optout_batch_keys_free(ngx_http_optout_batch_keys_t *k)
     free(k->rules);
     free(k->pending);
     free(k->prules);
+
+    ngx_memzero(k, sizeof(ngx_http_optout_batch_keys_t));
 }

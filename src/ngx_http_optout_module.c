@@ -327,6 +327,7 @@ ngx_http_optout_create_main_conf(ngx_conf_t *cf)
      * set by ngx_pcalloc():
      *
      *     omcf->store_conf = { 0, NULL };
+     *     omcf->store_servers = NULL;
      *     omcf->store_prefix = { 0, NULL };
      *     omcf->thread_pool_name = { 0, NULL };
      *     omcf->keys = NULL;

@@ -92,6 +92,7 @@ typedef struct ngx_http_optout_record_s    ngx_http_optout_record_t;
 typedef void (*ngx_http_optout_done_pt)(ngx_http_optout_waiter_t *w);
 typedef void (*ngx_http_optout_lookup_pt)(ngx_http_optout_lookup_t *lk);
 typedef void (*ngx_http_optout_record_pt)(ngx_http_optout_record_t *rec);
+typedef void (*ngx_http_optout_keys_pt)(void *data, ngx_int_t rc);
 
 
 /* one asynchronous operation a request waits for */
@@ -184,6 +185,7 @@ typedef struct {
 
 typedef struct {
     ngx_str_t                    store_conf;
+    ngx_array_t                 *store_servers; /* of the multi-get */
     ngx_str_t                    store_prefix;
     ngx_msec_t                   store_timeout;
     ngx_str_t                    thread_pool_name;
@@ -378,7 +380,7 @@ ngx_int_t ngx_http_optout_store_lookup(ngx_http_optout_store_t *store,
 void ngx_http_optout_store_lookup_cancel(ngx_http_optout_lookup_t *lk);
 ngx_int_t ngx_http_optout_store_mget(ngx_http_optout_store_t *store,
     const char **keys, size_t *lens, ngx_uint_t n, u_char *found,
-    optout_rule_t *rules);
+    optout_rule_t *rules, ngx_http_optout_keys_pt handler, void *data);
 ngx_int_t ngx_http_optout_store_write(ngx_http_request_t *r,
     ngx_http_optout_store_t *store, ngx_http_optout_change_t *changes,
     ngx_uint_t n, ngx_http_optout_waiter_t *w);

@@ -1,9 +1,11 @@
 
 /*
- * The rule store: memcached through libmemcached.  libmemcached blocks, so
- * every call runs in a thread-pool task that owns copies of its inputs; a
- * per-worker connection pool serves the threads.  A write that fails is
- * left to the journal applier: the journal is the queue of writes.
+ * The rule store.  Reads are the one multi-get with markers on the event
+ * loop (ngx_http_optout_mget.c); the lookups of single checks share it
+ * here.  Writes go through libmemcached, which blocks: each runs in a
+ * thread-pool task that owns copies of its inputs, and a per-worker
+ * connection pool serves the threads.  A write that fails is left to the
+ * journal applier: the journal is the queue of writes.
  */
 
 
@@ -11,7 +13,7 @@
 
 #include <libmemcachedutil-1.0/pool.h>
 
-#include "optout_memcached.h"
+#include "ngx_http_optout_mget.h"
 
 
 #define NGX_HTTP_OPTOUT_POOL_MAX        64
@@ -21,45 +23,16 @@
 
 
 /*
- * One multi-get with markers: distinct keys, then the marker of each
- * server that holds one of them.  libmemcached sends each server its keys
- * in array order and memcached answers them in that order, printing
- * nothing for a miss, so a server's marker is the last value it returns:
- * once it came back, that server's answer for every key before it was
- * complete.  A key is answered only if its server's marker came back in
- * this very multi-get; libmemcached's end code alone proves nothing.
- */
-
-typedef struct {
-    ngx_uint_t                   nkeys;     /* without the markers */
-    ngx_uint_t                   total;     /* with the markers */
-    ngx_uint_t                   max;
-    ngx_uint_t                   mask;      /* of hash[] */
-    const char                 **keys;
-    size_t                      *lens;
-    uint32_t                    *server;
-    u_char                      *found;
-    optout_rule_t               *rules;
-    uint32_t                    *hash;      /* key index + 1; 0: free */
-    char                        *data;      /* key copies, or NULL */
-    memcached_return_t           rc;        /* the first failure seen */
-    u_char                       answered[OPTOUT_MARKERS_MAX];
-} ngx_http_optout_mget_t;
-
-
-/*
  * Lookups go to memcached together, in one multi-get: the round trip is
  * the cost.  The lookups of one pass of the event loop share a multi-get,
  * posted at the end of that pass (a posted event), so a lookup waits for
  * no round trip while fewer than optout_check_concurrency multi-gets are
  * in flight in its worker; beyond that, the lookups that arrive wait
- * together for the first one to end.  The thread owns the multi-get; the
- * waiters stay on the event loop, so a request may leave (timeout, close)
- * at any time.
+ * together for the first one to end.  A request may leave its multi-get
+ * (timeout, close) at any time.
  */
 
 typedef struct {
-    ngx_thread_task_t            task;
     ngx_queue_t                  queue;
     ngx_http_optout_store_t     *store;
     ngx_queue_t                  waiters;
@@ -76,13 +49,14 @@ typedef struct {
 
 
 struct ngx_http_optout_store_s {
+    ngx_http_optout_mc_t        *mc;
     memcached_st                *master;
     memcached_pool_st           *pool;
     ngx_thread_pool_t           *thread_pool;
     ngx_log_t                   *log;
     struct timespec              wait;
 
-    optout_markers_t             markers;
+    ngx_uint_t                   nmarkers;
     ngx_event_t                  flush;
     ngx_http_optout_shared_t    *filling;
     ngx_uint_t                   inflight;
@@ -100,6 +74,13 @@ typedef struct {
     ngx_http_optout_change_t    *changes;
     ngx_uint_t                   n;
     const char                  *error;
+
+    /* many opt-outs: the multi-get that confirms them */
+    ngx_uint_t                   m;
+    const char                 **keys;
+    size_t                      *lens;
+    u_char                      *found;
+    optout_rule_t               *rules;
 } ngx_http_optout_write_ctx_t;
 
 
@@ -107,31 +88,18 @@ static ngx_http_optout_shared_t *ngx_http_optout_shared_get(
     ngx_http_optout_store_t *store);
 static void ngx_http_optout_shared_flush(ngx_event_t *ev);
 static void ngx_http_optout_shared_post(ngx_http_optout_shared_t *sh);
-static void ngx_http_optout_shared_thread(void *data, ngx_log_t *log);
-static void ngx_http_optout_shared_done(ngx_event_t *ev);
-static void ngx_http_optout_mget_init(ngx_http_optout_mget_t *mg);
-static ngx_int_t ngx_http_optout_mget_add(ngx_http_optout_mget_t *mg,
-    const char *key, size_t len, ngx_uint_t *index);
-static ngx_uint_t ngx_http_optout_mget_find(ngx_http_optout_mget_t *mg,
-    const char *key, size_t len);
-static void ngx_http_optout_mget(ngx_http_optout_store_t *store,
-    ngx_http_optout_mget_t *mg);
-static void ngx_http_optout_mget_on(ngx_http_optout_store_t *store,
-    memcached_st *mc, ngx_http_optout_mget_t *mg);
-static ngx_int_t ngx_http_optout_mget_keys(ngx_http_optout_store_t *store,
-    memcached_st *mc, const char **keys, size_t *lens, ngx_uint_t n,
-    u_char *found, optout_rule_t *rules);
+static void ngx_http_optout_shared_done(ngx_http_optout_mget_t *mg);
 static void ngx_http_optout_store_write_thread(void *data, ngx_log_t *log);
 static void ngx_http_optout_store_write_many(ngx_http_optout_write_ctx_t *ctx,
     ngx_uint_t m);
 static memcached_return_t ngx_http_optout_store_write_pass(memcached_st *mc,
     ngx_http_optout_write_ctx_t *ctx, const char **keys, size_t *lens,
     ngx_uint_t m);
+static memcached_return_t ngx_http_optout_store_write_sync(memcached_st *mc,
+    const char **keys, size_t *lens, ngx_uint_t m);
 static void ngx_http_optout_store_write_done(ngx_event_t *ev);
-static void ngx_http_optout_mget_fetch(memcached_st *mc,
-    ngx_http_optout_mget_t *mg);
-static ngx_int_t ngx_http_optout_mget_answer(ngx_http_optout_mget_t *mg,
-    ngx_uint_t i);
+static void ngx_http_optout_store_confirmed(void *data, ngx_int_t rc);
+static void ngx_http_optout_store_written(ngx_http_optout_write_ctx_t *ctx);
 
 
 char *
@@ -201,7 +169,15 @@ ngx_http_optout_store_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     replicas = memcached_behavior_get(mc,
                                       MEMCACHED_BEHAVIOR_NUMBER_OF_REPLICAS);
+
+    /* the multi-get's connections: names resolved now, as upstreams' */
+
+    omcf->store_servers = ngx_http_optout_mc_resolve(cf, mc);
     memcached_free(mc);
+
+    if (omcf->store_servers == NULL) {
+        return NGX_CONF_ERROR;
+    }
 
     /* a replica answers for another server's keys: no marker vouches */
 
@@ -243,24 +219,23 @@ ngx_http_optout_store_init_worker(ngx_cycle_t *cycle,
         return NGX_ERROR;
     }
 
-    if (optout_markers(store->master, (char *) omcf->store_prefix.data,
-                       omcf->store_prefix.len, &store->markers)
-        != OPTOUT_OK)
-    {
-        ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
-                      "optout: cannot place a marker on each of the %uD "
-                      "memcached servers (at most %d)",
-                      memcached_server_count(store->master),
-                      OPTOUT_MARKERS_MAX);
+    store->mc = ngx_http_optout_mc_create(cycle, &omcf->store_conf,
+                                          &omcf->store_prefix,
+                                          omcf->store_timeout,
+                                          omcf->store_servers);
+    if (store->mc == NULL) {
         memcached_free(store->master);
         return NGX_ERROR;
     }
+
+    store->nmarkers = ngx_http_optout_mc_markers(store->mc)->n;
 
     store->pool = memcached_pool_create(store->master, 1,
                                         NGX_HTTP_OPTOUT_POOL_MAX);
     if (store->pool == NULL) {
         ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
                       "optout: memcached_pool_create() failed");
+        ngx_http_optout_mc_destroy(store->mc);
         memcached_free(store->master);
         return NGX_ERROR;
     }
@@ -310,6 +285,8 @@ ngx_http_optout_store_exit_worker(ngx_cycle_t *cycle,
         ngx_free(store->filling);
     }
 
+    ngx_http_optout_mc_destroy(store->mc);
+
     master = memcached_pool_destroy(store->pool);
     if (master) {
         memcached_free(master);
@@ -328,7 +305,7 @@ ngx_http_optout_store_lookup(ngx_http_optout_store_t *store,
 
     sh = store->filling;
 
-    if (sh && sh->mget.total + lk->nkeys + store->markers.n
+    if (sh && sh->mget.total + lk->nkeys + store->nmarkers
               > NGX_HTTP_OPTOUT_MGET_KEYS)
     {
         /* full: it goes now, whatever is in flight */
@@ -394,16 +371,14 @@ ngx_http_optout_shared_get(ngx_http_optout_store_t *store)
             return NULL;
         }
 
-        ngx_memzero(&sh->task, sizeof(ngx_thread_task_t));
-
         sh->store = store;
-        sh->task.ctx = sh;
-        sh->task.handler = ngx_http_optout_shared_thread;
-        sh->task.event.handler = ngx_http_optout_shared_done;
-        sh->task.event.data = sh;
-        sh->task.event.log = store->log;
 
         mg = &sh->mget;
+
+        ngx_memzero(&mg->event, sizeof(ngx_event_t));
+
+        mg->handler = ngx_http_optout_shared_done;
+        mg->ctx = sh;
 
         mg->max = NGX_HTTP_OPTOUT_MGET_KEYS;
         mg->mask = NGX_HTTP_OPTOUT_MGET_HASH - 1;
@@ -455,39 +430,23 @@ ngx_http_optout_shared_post(ngx_http_optout_shared_t *sh)
 
     store->inflight++;
 
-    if (ngx_thread_task_post(store->thread_pool, &sh->task) != NGX_OK) {
-        /* fails every lookup from the posted events */
-        sh->mget.rc = MEMCACHED_FAILURE;
-        ngx_post_event(&sh->task.event, &ngx_posted_events);
-    }
+    ngx_http_optout_mget_run(store->mc, &sh->mget);
 }
 
 
 static void
-ngx_http_optout_shared_thread(void *data, ngx_log_t *log)
+ngx_http_optout_shared_done(ngx_http_optout_mget_t *mg)
 {
-    ngx_http_optout_shared_t *sh = data;
-
-    ngx_http_optout_mget(sh->store, &sh->mget);
-}
-
-
-static void
-ngx_http_optout_shared_done(ngx_event_t *ev)
-{
-    ngx_http_optout_shared_t *sh = ev->data;
+    ngx_http_optout_shared_t *sh = mg->ctx;
 
     ngx_int_t                  rc;
     ngx_uint_t                 i, k;
     ngx_queue_t               *q;
-    ngx_http_optout_mget_t    *mg;
     ngx_http_optout_store_t   *store;
     ngx_http_optout_lookup_t  *lk;
 
     store = sh->store;
     store->inflight--;
-
-    mg = &sh->mget;
 
     if (mg->rc != MEMCACHED_SUCCESS) {
         ngx_log_error(NGX_LOG_ERR, store->log, 0,
@@ -539,273 +498,6 @@ ngx_http_optout_shared_done(ngx_event_t *ev)
     {
         ngx_http_optout_shared_post(sh);
     }
-}
-
-
-static void
-ngx_http_optout_mget_init(ngx_http_optout_mget_t *mg)
-{
-    ngx_memzero(mg->hash, (mg->mask + 1) * sizeof(uint32_t));
-    ngx_memzero(mg->answered, sizeof(mg->answered));
-
-    mg->nkeys = 0;
-    mg->total = 0;
-    mg->rc = MEMCACHED_SUCCESS;
-}
-
-
-/* adds a key once; *index is where its answer will be */
-
-static ngx_int_t
-ngx_http_optout_mget_add(ngx_http_optout_mget_t *mg, const char *key,
-    size_t len, ngx_uint_t *index)
-{
-    uint32_t    h;
-    ngx_uint_t  i;
-    char       *p;
-
-    h = ngx_http_optout_mget_find(mg, key, len);
-
-    if (mg->hash[h]) {
-        *index = mg->hash[h] - 1;
-        return NGX_OK;
-    }
-
-    if (mg->total == mg->max || len > OPTOUT_STORE_KEY_MAX) {
-        return NGX_ERROR;
-    }
-
-    i = mg->total++;
-
-    if (mg->data) {
-        p = mg->data + i * (OPTOUT_STORE_KEY_MAX + 1);
-        ngx_memcpy(p, key, len);
-        p[len] = '\0';
-        key = p;
-    }
-
-    mg->keys[i] = key;
-    mg->lens[i] = len;
-    mg->found[i] = 0;
-    mg->hash[h] = (uint32_t) (i + 1);
-
-    *index = i;
-
-    return NGX_OK;
-}
-
-
-/* the slot of a key in hash[]: its own, or the free one it would take */
-
-static ngx_uint_t
-ngx_http_optout_mget_find(ngx_http_optout_mget_t *mg, const char *key,
-    size_t len)
-{
-    uint32_t     h;
-    ngx_uint_t   i;
-    const char  *p;
-
-    /* FNV-1a; keys end in hex digits of a keyed hash */
-
-    h = 2166136261u;
-
-    for (p = key; p < key + len; p++) {
-        h ^= (u_char) *p;
-        h *= 16777619u;
-    }
-
-    /* linear probing; the table is at least twice the number of keys */
-
-    for (h &= mg->mask; mg->hash[h]; h = (h + 1) & mg->mask) {
-        i = mg->hash[h] - 1;
-
-        if (mg->lens[i] == len && ngx_memcmp(mg->keys[i], key, len) == 0) {
-            break;
-        }
-    }
-
-    return h;
-}
-
-
-/*
- * In a thread: asks for the keys and, after them, the marker of each
- * server that holds one; sets found[], rules[], answered[] and rc.
- */
-
-static void
-ngx_http_optout_mget(ngx_http_optout_store_t *store,
-    ngx_http_optout_mget_t *mg)
-{
-    memcached_st        *mc;
-    memcached_return_t   rc;
-
-    mc = memcached_pool_fetch(store->pool, &store->wait, &rc);
-    if (mc == NULL) {
-        mg->nkeys = mg->total;
-        mg->rc = (rc == MEMCACHED_SUCCESS) ? MEMCACHED_FAILURE : rc;
-        return;
-    }
-
-    ngx_http_optout_mget_on(store, mc, mg);
-
-    (void) memcached_pool_release(store->pool, mc);
-}
-
-
-static void
-ngx_http_optout_mget_on(ngx_http_optout_store_t *store, memcached_st *mc,
-    ngx_http_optout_mget_t *mg)
-{
-    uint32_t             s;
-    ngx_uint_t           i, incomplete, marker[OPTOUT_MARKERS_MAX];
-
-    mg->nkeys = mg->total;
-
-    for (i = 0; i < store->markers.n; i++) {
-        marker[i] = NGX_CONF_UNSET_UINT;
-    }
-
-    for (i = 0; i < mg->nkeys; i++) {
-        s = memcached_generate_hash(mc, mg->keys[i], mg->lens[i]);
-        mg->server[i] = s;
-
-        if (s < store->markers.n && marker[s] == NGX_CONF_UNSET_UINT) {
-            /*
-             * the callers keep room for the markers; a server without its
-             * marker in the request leaves its keys unanswered anyway
-             */
-            (void) ngx_http_optout_mget_add(mg, store->markers.key[s],
-                                            store->markers.len[s],
-                                            &marker[s]);
-        }
-    }
-
-    ngx_http_optout_mget_fetch(mc, mg);
-
-    incomplete = 0;
-
-    for (s = 0; s < store->markers.n; s++) {
-        if (marker[s] == NGX_CONF_UNSET_UINT) {
-            continue;
-        }
-
-        mg->answered[s] = mg->found[marker[s]];
-
-        if (!mg->answered[s]) {
-            incomplete = 1;
-        }
-
-        /* a reply still pending: libmemcached gave up polling for it */
-
-        if (memcached_server_response_count(
-                memcached_server_instance_by_position(mc, s))
-            && mg->rc == MEMCACHED_SUCCESS)
-        {
-            mg->rc = MEMCACHED_TIMEOUT;
-        }
-
-        ngx_http_optout_metric_mget(s, mg->answered[s], mg->rc);
-    }
-
-    /*
-     * no reply of this multi-get may be left on a connection for its next
-     * user to take as its own
-     */
-
-    if (incomplete || mg->rc != MEMCACHED_SUCCESS) {
-        memcached_quit(mc);
-    }
-}
-
-
-static void
-ngx_http_optout_mget_fetch(memcached_st *mc, ngx_http_optout_mget_t *mg)
-{
-    ngx_uint_t            h, i;
-    memcached_return_t    rc;
-    memcached_result_st   result, *res;
-
-    rc = memcached_mget(mc, mg->keys, mg->lens, mg->total);
-
-    /*
-     * SOME_ERRORS: a server that failed while its keys were sent may have
-     * been asked again on a new connection for the later keys only, its
-     * marker among them; nothing of this multi-get can be trusted then
-     */
-
-    if (rc != MEMCACHED_SUCCESS) {
-        mg->rc = rc;
-        return;
-    }
-
-    if (memcached_result_create(mc, &result) == NULL) {
-        mg->rc = MEMCACHED_MEMORY_ALLOCATION_FAILURE;
-        return;
-    }
-
-    for ( ;; ) {
-        res = memcached_fetch_result(mc, &result, &rc);
-        if (res == NULL) {
-            break;
-        }
-
-        h = ngx_http_optout_mget_find(mg, memcached_result_key_value(res),
-                                      memcached_result_key_length(res));
-        if (mg->hash[h] == 0) {
-            continue;
-        }
-
-        i = mg->hash[h] - 1;
-        mg->found[i] = 1;
-
-        if (i < mg->nkeys
-            && optout_rule_parse(memcached_result_value(res),
-                                 memcached_result_length(res),
-                                 &mg->rules[i])
-               != OPTOUT_OK)
-        {
-            /* a rule we cannot read still blocks */
-            ngx_memzero(&mg->rules[i], sizeof(optout_rule_t));
-        }
-    }
-
-    memcached_result_free(&result);
-
-    if (rc != MEMCACHED_END && rc != MEMCACHED_SUCCESS
-        && rc != MEMCACHED_NOTFOUND)
-    {
-        mg->rc = rc;
-        return;
-    }
-
-    /* a failure that a later result made memcached_fetch_result() forget */
-
-    rc = memcached_last_error(mc);
-
-    if (memcached_failed(rc)) {
-        mg->rc = rc;
-    }
-}
-
-
-/*
- * NGX_OK: the key's server answered completely; NGX_ERROR: it did not,
- * after a failure; NGX_DECLINED: it ended cleanly without its marker.
- */
-
-static ngx_int_t
-ngx_http_optout_mget_answer(ngx_http_optout_mget_t *mg, ngx_uint_t i)
-{
-    uint32_t  s;
-
-    s = mg->server[i];
-
-    if (i < mg->nkeys && s < OPTOUT_MARKERS_MAX && mg->answered[s]) {
-        return NGX_OK;
-    }
-
-    return (mg->rc == MEMCACHED_SUCCESS) ? NGX_DECLINED : NGX_ERROR;
 }
 
 
@@ -865,104 +557,17 @@ ngx_http_optout_store_apply(ngx_http_optout_store_t *store, ngx_uint_t op,
 
 
 /*
- * For batch checks, in a thread only: one multi-get with markers of
- * keys[] (repeats allowed).  Returns NGX_OK, NGX_ERROR when a server that
- * holds one of the keys failed, or NGX_DECLINED when such a server ended
- * without its marker (not seeded).
+ * One multi-get with markers of keys[] (repeats allowed), on the event
+ * loop: see ngx_http_optout_mget_keys().
  */
 
 ngx_int_t
 ngx_http_optout_store_mget(ngx_http_optout_store_t *store, const char **keys,
-    size_t *lens, ngx_uint_t n, u_char *found, optout_rule_t *rules)
+    size_t *lens, ngx_uint_t n, u_char *found, optout_rule_t *rules,
+    ngx_http_optout_keys_pt handler, void *data)
 {
-    return ngx_http_optout_mget_keys(store, NULL, keys, lens, n, found,
-                                     rules);
-}
-
-
-/* mc NULL: a connection of the pool */
-
-static ngx_int_t
-ngx_http_optout_mget_keys(ngx_http_optout_store_t *store, memcached_st *mc,
-    const char **keys, size_t *lens, ngx_uint_t n, u_char *found,
-    optout_rule_t *rules)
-{
-    size_t                  size;
-    ngx_int_t               rc;
-    ngx_uint_t              i, j, *index;
-    ngx_http_optout_mget_t  mg;
-
-    ngx_memzero(&mg, sizeof(ngx_http_optout_mget_t));
-
-    mg.max = n + store->markers.n;
-
-    for (size = 1; size < mg.max * 2; size <<= 1) { /* void */ }
-
-    mg.mask = size - 1;
-    mg.keys = malloc(mg.max * sizeof(char *));
-    mg.lens = malloc(mg.max * sizeof(size_t));
-    mg.server = malloc(mg.max * sizeof(uint32_t));
-    mg.found = malloc(mg.max);
-    mg.rules = malloc(mg.max * sizeof(optout_rule_t));
-    mg.hash = malloc(size * sizeof(uint32_t));
-    index = malloc(n * sizeof(ngx_uint_t));
-
-    rc = NGX_ERROR;
-
-    if (mg.keys == NULL || mg.lens == NULL || mg.server == NULL
-        || mg.found == NULL || mg.rules == NULL || mg.hash == NULL
-        || index == NULL)
-    {
-        goto done;
-    }
-
-    /* mg.data is NULL: the keys stay the caller's */
-
-    ngx_http_optout_mget_init(&mg);
-
-    for (i = 0; i < n; i++) {
-        if (ngx_http_optout_mget_add(&mg, keys[i], lens[i], &index[i])
-            != NGX_OK)
-        {
-            goto done;
-        }
-    }
-
-    if (mc) {
-        ngx_http_optout_mget_on(store, mc, &mg);
-
-    } else {
-        ngx_http_optout_mget(store, &mg);
-    }
-
-    for (i = 0; i < n; i++) {
-        j = index[i];
-
-        rc = ngx_http_optout_mget_answer(&mg, j);
-        if (rc != NGX_OK) {
-            goto done;
-        }
-
-        found[i] = mg.found[j];
-
-        if (mg.found[j]) {
-            rules[i] = mg.rules[j];
-        }
-    }
-
-    rc = NGX_OK;
-
-done:
-
-    free(mg.keys);
-    free(mg.lens);
-    free(mg.server);
-    free(mg.found);
-    free(mg.rules);
-    free(mg.hash);
-    free(index);
-
-    return rc;
+    return ngx_http_optout_mget_keys(store->mc, keys, lens, n, found, rules,
+                                     handler, data);
 }
 
 
@@ -1066,9 +671,11 @@ ngx_http_optout_store_write_thread(void *data, ngx_log_t *log)
 
 
 /*
- * Many opt-outs: written without replies, in one buffered pass, then
- * the one multi-get with markers on the same connections, which memcached
- * answers after the writes: a key found is stored.  The behaviors are set
+ * Many opt-outs: written without replies, in one buffered pass; then, on
+ * each server written to, a "touch" of one of the keys written (rules
+ * never expire, so it changes nothing) whose reply proves every write
+ * before it on that connection done.  Back on the event loop, the one
+ * multi-get with markers tells which are stored.  The behaviors are set
  * back only after it (setting them closes the connections).
  */
 
@@ -1076,32 +683,27 @@ static void
 ngx_http_optout_store_write_many(ngx_http_optout_write_ctx_t *ctx,
     ngx_uint_t m)
 {
-    size_t                    *lens;
-    u_char                    *found;
-    ngx_uint_t                 i, j;
-    const char               **keys;
-    memcached_st              *mc;
-    optout_rule_t             *rules;
-    memcached_return_t         rc;
-    ngx_http_optout_change_t  *ch;
+    memcached_st        *mc;
+    memcached_return_t   rc;
 
-    keys = malloc(m * sizeof(char *));
-    lens = malloc(m * sizeof(size_t));
-    found = malloc(m);
-    rules = malloc(m * sizeof(optout_rule_t));
+    ctx->keys = malloc(m * sizeof(char *));
+    ctx->lens = malloc(m * sizeof(size_t));
+    ctx->found = malloc(m);
+    ctx->rules = malloc(m * sizeof(optout_rule_t));
 
-    mc = NULL;
     ctx->error = "out of memory";
 
-    if (keys == NULL || lens == NULL || found == NULL || rules == NULL) {
-        goto done;
+    if (ctx->keys == NULL || ctx->lens == NULL || ctx->found == NULL
+        || ctx->rules == NULL)
+    {
+        return;
     }
 
     mc = memcached_pool_fetch(ctx->store->pool, &ctx->store->wait, &rc);
     if (mc == NULL) {
         ctx->error = memcached_strerror(NULL, rc == MEMCACHED_SUCCESS
                                               ? MEMCACHED_FAILURE : rc);
-        goto done;
+        return;
     }
 
     rc = memcached_behavior_set(mc, MEMCACHED_BEHAVIOR_NOREPLY, 1);
@@ -1112,50 +714,70 @@ ngx_http_optout_store_write_many(ngx_http_optout_write_ctx_t *ctx,
     }
 
     if (rc == MEMCACHED_SUCCESS) {
-        rc = ngx_http_optout_store_write_pass(mc, ctx, keys, lens, m);
+        rc = ngx_http_optout_store_write_pass(mc, ctx, ctx->keys, ctx->lens,
+                                              m);
     }
 
     if (rc == MEMCACHED_SUCCESS) {
         rc = memcached_flush_buffers(mc);
     }
 
-    if (rc != MEMCACHED_SUCCESS) {
-        ctx->error = memcached_strerror(NULL, rc);
-        goto done;
+    if (rc == MEMCACHED_SUCCESS) {
+        rc = memcached_behavior_set(mc, MEMCACHED_BEHAVIOR_NOREPLY, 0);
     }
 
-    if (ngx_http_optout_mget_keys(ctx->store, mc, keys, lens, m, found,
-                                  rules)
-        != NGX_OK)
-    {
-        ctx->error = "the multi-get after the adds was not answered "
-                     "completely";
-        goto done;
+    if (rc == MEMCACHED_SUCCESS) {
+        rc = ngx_http_optout_store_write_sync(mc, ctx->keys, ctx->lens, m);
+    }
+
+    (void) memcached_behavior_set(mc, MEMCACHED_BEHAVIOR_NOREPLY, 0);
+    (void) memcached_behavior_set(mc, MEMCACHED_BEHAVIOR_BUFFER_REQUESTS, 0);
+    (void) memcached_pool_release(ctx->store->pool, mc);
+
+    if (rc != MEMCACHED_SUCCESS) {
+        ctx->error = memcached_strerror(NULL, rc);
+        return;
     }
 
     ctx->error = NULL;
+    ctx->m = m;
+}
 
-    for (i = 0, j = 0; i < ctx->n; i++) {
-        ch = &ctx->changes[i];
 
-        if (!ch->optin) {
-            ch->stored = found[j++];
+/* a "touch" on each server written to, after its writes */
+
+static memcached_return_t
+ngx_http_optout_store_write_sync(memcached_st *mc, const char **keys,
+    size_t *lens, ngx_uint_t m)
+{
+    uint32_t            s;
+    ngx_uint_t          i;
+    memcached_return_t  rc;
+    u_char              done[OPTOUT_MARKERS_MAX];
+
+    ngx_memzero(done, sizeof(done));
+
+    for (i = 0; i < m; i++) {
+        s = memcached_generate_hash(mc, keys[i], lens[i]);
+
+        if (s >= OPTOUT_MARKERS_MAX) {
+            return MEMCACHED_FAILURE;
+        }
+
+        if (done[s]) {
+            continue;
+        }
+
+        done[s] = 1;
+
+        rc = memcached_touch(mc, keys[i], lens[i], 0);
+
+        if (rc != MEMCACHED_SUCCESS && rc != MEMCACHED_NOTFOUND) {
+            return rc;
         }
     }
 
-done:
-
-    if (mc) {
-        (void) memcached_behavior_set(mc, MEMCACHED_BEHAVIOR_NOREPLY, 0);
-        (void) memcached_behavior_set(mc, MEMCACHED_BEHAVIOR_BUFFER_REQUESTS,
-                                      0);
-        (void) memcached_pool_release(ctx->store->pool, mc);
-    }
-
-    free(keys);
-    free(lens);
-    free(found);
-    free(rules);
+    return MEMCACHED_SUCCESS;
 }
 
 
@@ -1215,7 +837,65 @@ ngx_http_optout_store_write_done(ngx_event_t *ev)
 {
     ngx_http_optout_write_ctx_t *ctx = ev->data;
 
+    if (ctx->error == NULL && ctx->m
+        && ngx_http_optout_store_mget(ctx->store, ctx->keys, ctx->lens,
+                                      ctx->m, ctx->found, ctx->rules,
+                                      ngx_http_optout_store_confirmed, ctx)
+           == NGX_OK)
+    {
+        return;
+    }
+
+    if (ctx->error == NULL && ctx->m) {
+        ctx->error = "out of memory";
+    }
+
+    ngx_http_optout_store_written(ctx);
+}
+
+
+/* which of many opt-outs memcached holds: those are stored */
+
+static void
+ngx_http_optout_store_confirmed(void *data, ngx_int_t rc)
+{
+    ngx_http_optout_write_ctx_t *ctx = data;
+
+    ngx_uint_t                 i, j;
+    ngx_http_optout_change_t  *ch;
+
+    if (rc != NGX_OK) {
+        ctx->error = "the multi-get after the adds was not answered "
+                     "completely";
+
+    } else {
+        for (i = 0, j = 0; i < ctx->n; i++) {
+            ch = &ctx->changes[i];
+
+            if (!ch->optin) {
+                ch->stored = ctx->found[j++];
+            }
+        }
+    }
+
+    ngx_http_optout_store_written(ctx);
+}
+
+
+static void
+ngx_http_optout_store_written(ngx_http_optout_write_ctx_t *ctx)
+{
     ngx_http_optout_waiter_t  *w;
+
+    free(ctx->keys);
+    free(ctx->lens);
+    free(ctx->found);
+    free(ctx->rules);
+
+    ctx->keys = NULL;
+    ctx->lens = NULL;
+    ctx->found = NULL;
+    ctx->rules = NULL;
 
     w = ctx->waiter;
 
