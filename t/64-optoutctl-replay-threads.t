@@ -5,7 +5,8 @@
 # key, with opt-outs and opt-ins of the same rules interleaved across every
 # batch boundary, over two journals merged by time, with CRLF lines, a torn
 # line, an empty line, a line longer than a batch and no final newline.
-# One journal is also checked against a fold computed here.
+# One journal is also checked against a fold computed here.  A server
+# error in the middle of the pipelined writes still stops replay.
 
 use strict;
 use warnings;
@@ -160,6 +161,27 @@ for my $threads (2, 4, 16) {
     is($out, $out2, "journals B and A, $threads threads: same output");
     is($state, $state2,
        "journals B and A, $threads threads: same memcached state");
+}
+
+# a full memcached (-M) refuses a write in the middle of the stream of
+# pipelined commands: replay stops with its error and no summary
+
+{
+    my $full = OptoutTest->new;
+    $full->memcached_start('-m', '2', '-M');
+
+    $t->write_file('many.log', join '', map {
+        line($_, 'optout', [sprintf('+4479%08d', $_), undef, ''], $_) . "\n"
+    } 1 .. 60000);
+
+    my ($rc, $out, $err) = run('replay', '--store',
+                               '--SERVER=127.0.0.1:' . $full->mc_port,
+                               '--store-secret', $ss, "$dir/many.log");
+    is("$rc $out$err", "1 optoutctl: memcached write failed: 127.0.0.1:"
+       . $full->mc_port . ": SERVER_ERROR out of memory storing object; "
+       . "stopped (the journals are intact: run replay again)\n",
+       'replay into a full memcached: the error, exit 1');
+    $full->memcached_stop;
 }
 
 for my $bad (0, 17, 'x') {
