@@ -214,17 +214,20 @@ optout_merge_create(char *const *names, size_t n, unsigned threads,
     json_set_alloc_funcs(optout_arena_malloc, optout_arena_free);
     json_object_seed(0);                       /* before any thread */
 
-    /* 1: no thread, the lines are parsed as they are needed */
+    /*
+     * The threads are shared out among the journals.  With one thread, or
+     * fewer threads than journals, the lines are parsed on this thread as
+     * they are needed: a batch a journal in memory, however many there
+     * are.
+     */
 
-    each = (threads > 1) ? threads / (n ? n : 1) : 1;
-    each = (each == 0) ? 1 : each;
+    each = (threads > 1) ? threads / (n ? n : 1) : 0;
     each = (each > OPTOUT_THREADS_MAX) ? OPTOUT_THREADS_MAX : each;
 
     for (i = 0; i < n; i++) {
         m->nstreams++;
 
-        if (optout_stream_open(&m->streams[i], names[i],
-                               threads > 1 ? each : 0, err, err_len)
+        if (optout_stream_open(&m->streams[i], names[i], each, err, err_len)
             != 0)
         {
             optout_merge_destroy(m);

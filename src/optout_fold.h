@@ -51,9 +51,9 @@ struct optout_fold_item_s {
 
 /*
  * names: journal files, "-" for stdin.  threads: how many parse the
- * lines, shared by the journals; 1 parses them on the caller's thread as
- * they are needed.  The lines come out the same either way.  Returns NULL
- * with the reason in err.
+ * lines, shared by the journals; 1, or fewer than the journals, parses
+ * them on the caller's thread as they are needed.  The lines come out the
+ * same either way.  Returns NULL with the reason in err.
  */
 optout_merge_t *optout_merge_create(char *const *names, size_t n,
     unsigned threads, optout_merge_skip_pt skip, void *data, char *err,
