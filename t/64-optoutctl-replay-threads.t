@@ -163,6 +163,22 @@ for my $threads (2, 4, 16) {
        "journals B and A, $threads threads: same memcached state");
 }
 
+# three journals: two threads are fewer than the journals (parsed on the
+# main thread), six are two a journal
+
+$t->write_file('c.log', join("\n", @b[0 .. 4999]) . "\n");
+
+my ($out3, $state3) = replay(1, 'a.log', 'b.log', 'c.log');
+like($out3, qr/\Aexit 0\nreplayed 45002 records: /,
+     'journals A, B and C, 1 thread: replayed');
+
+for my $threads (2, 6) {
+    my ($out, $state) = replay($threads, 'c.log', 'a.log', 'b.log');
+    is($out, $out3, "journals C, A and B, $threads threads: same output");
+    is($state, $state3,
+       "journals C, A and B, $threads threads: same memcached state");
+}
+
 # a full memcached (-M) refuses a write in the middle of the stream of
 # pipelined commands: replay stops with its error and no summary
 
