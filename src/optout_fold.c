@@ -131,6 +131,8 @@ static int optout_stream_open(optout_stream_t *s, const char *name,
 static void optout_stream_close(optout_stream_t *s);
 static void *optout_stream_thread(void *data);
 static void optout_batch_read(optout_stream_t *s, optout_batch_t *b);
+static void optout_batch_carry(optout_stream_t *s, optout_batch_t *b,
+    char *end);
 static void optout_batch_split(optout_batch_t *b);
 static void optout_batch_parse(optout_stream_t *s, optout_batch_t *b);
 static optout_batch_t *optout_stream_batch(optout_stream_t *s);
@@ -486,25 +488,37 @@ optout_batch_read(optout_stream_t *s, optout_batch_t *b)
         cap = b->text_cap * 2;
     }
 
-    n = (b->text + b->text_len) - (nl + 1);
+    optout_batch_carry(s, b, nl + 1);
+}
+
+
+/* the batch ends at "end": what follows goes to the next batch */
+
+static void
+optout_batch_carry(optout_stream_t *s, optout_batch_t *b, char *end)
+{
+    char    *p;
+    size_t   n;
+
+    n = (size_t) ((b->text + b->text_len) - end);
 
     if (n > 0) {
-        if (s->carry_cap < (size_t) n) {
-            p = realloc(s->carry, (size_t) n * 2);
+        if (s->carry_cap < n) {
+            p = realloc(s->carry, n * 2);
             if (p == NULL) {
                 b->err = ENOMEM;
                 return;
             }
 
             s->carry = p;
-            s->carry_cap = (size_t) n * 2;
+            s->carry_cap = n * 2;
         }
 
-        memcpy(s->carry, nl + 1, (size_t) n);
-        s->carry_len = (size_t) n;
+        memcpy(s->carry, end, n);
+        s->carry_len = n;
     }
 
-    b->text_len = (size_t) (nl + 1 - b->text);
+    b->text_len = (size_t) (end - b->text);
     b->last = 0;
 }
 
