@@ -12,11 +12,13 @@
  */
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <jansson.h>
 
@@ -26,41 +28,69 @@
 #define OPTOUT_FOLD_BLOCK    (1024 * 1024)
 #define OPTOUT_FOLD_BUCKETS  1024
 #define OPTOUT_ARENA_SIZE    (64 * 1024)
-#define OPTOUT_BATCH         4096              /* lines parsed together */
-#define OPTOUT_BATCH_SPLIT   256               /* parsed on two threads */
+#define OPTOUT_BATCH_BYTES   (256 * 1024)      /* read and parsed together */
+#define OPTOUT_THREADS_MAX   16
 
 
 /* one line of a batch, parsed */
 typedef struct {
-    optout_journal_entry_t   e;
+    optout_merge_line_t      l;
     int                      rc;
-    size_t                   off;              /* in the batch's text */
-    size_t                   len;
+    size_t                   size;             /* bytes in the file */
     char                     reason[160];
 } optout_slot_t;
 
 
+#define OPTOUT_BATCH_FREE    0
+#define OPTOUT_BATCH_BUSY    1                 /* being read or parsed */
+#define OPTOUT_BATCH_READY   2
+
+
+/* whole lines read at once from a journal, then parsed */
 typedef struct {
-    FILE                    *fp;
-    char                    *line;             /* getline()'s buffer */
-    size_t                   line_cap;
-    char                    *text;             /* the batch's lines */
+    char                    *text;             /* lines, each "\0"-ended */
     size_t                   text_len;
     size_t                   text_cap;
     optout_slot_t           *slots;
     size_t                   nslots;
-    size_t                   next;             /* the next slot to hand out */
-    unsigned                 eof;
-    optout_merge_line_t      cur;
-} optout_stream_t;
+    size_t                   slots_cap;
+    int                      err;              /* errno of a failed read */
+    unsigned                 last;             /* the file ends here */
+    unsigned                 state;
+} optout_batch_t;
 
 
-/* a half of a batch, parsed on its own thread */
+/*
+ * A journal.  Its batches form a ring: parser threads take the next free
+ * batch in file order, read it (one thread at a time) and parse it (all
+ * at once); the merge hands the batches out in the same order, so it sees
+ * exactly the lines one thread would give it.
+ */
+
 typedef struct {
-    optout_stream_t         *s;
-    size_t                   from;
-    size_t                   to;
-} optout_half_t;
+    int                      fd;
+    unsigned                 own;              /* fd is to be closed */
+    const char              *name;
+    char                    *carry;            /* a line's start, read on */
+    size_t                   carry_len;
+    size_t                   carry_cap;
+    unsigned                 eof;              /* nothing more to read */
+    unsigned                 reading;
+    unsigned                 stop;
+    optout_batch_t          *ring;
+    size_t                   nring;
+    uint64_t                 filled;           /* batches taken to read */
+    uint64_t                 used;             /* batches handed out */
+    optout_batch_t          *cur_batch;
+    size_t                   next;             /* the next slot to hand out */
+    optout_merge_line_t     *cur;
+    uint64_t                 lineno;
+    pthread_t                tids[OPTOUT_THREADS_MAX];
+    size_t                   nthreads;
+    unsigned                 sync;             /* mutex and cond made */
+    pthread_mutex_t          mutex;
+    pthread_cond_t           cond;
+} optout_stream_t;
 
 
 struct optout_merge_s {
@@ -96,9 +126,16 @@ struct optout_fold_s {
 
 static void *optout_arena_malloc(size_t size);
 static void optout_arena_free(void *p);
-static void *optout_stream_parse(void *data);
-static int optout_stream_fill(optout_merge_t *m, optout_stream_t *s,
-    char *err, size_t err_len);
+static int optout_stream_open(optout_stream_t *s, const char *name,
+    unsigned threads, char *err, size_t err_len);
+static void optout_stream_close(optout_stream_t *s);
+static void *optout_stream_thread(void *data);
+static void optout_batch_read(optout_stream_t *s, optout_batch_t *b);
+static void optout_batch_carry(optout_stream_t *s, optout_batch_t *b,
+    char *end);
+static void optout_batch_split(optout_batch_t *b);
+static void optout_batch_parse(optout_stream_t *s, optout_batch_t *b);
+static optout_batch_t *optout_stream_batch(optout_stream_t *s);
 static int optout_stream_read(optout_merge_t *m, optout_stream_t *s,
     char *err, size_t err_len);
 static int optout_stream_less(const optout_stream_t *a,
@@ -113,7 +150,7 @@ static int optout_fold_item_cmp(const void *a, const void *b);
  * jansson's values of one journal line live in a bump arena, emptied
  * after the line: a line's dozen keys and strings cost no malloc and no
  * free.  What does not fit, and every other jansson value, uses malloc.
- * One arena a thread: a batch of lines is parsed on two.
+ * One arena a thread.
  */
 
 static __thread unsigned char  optout_arena[OPTOUT_ARENA_SIZE];
@@ -151,12 +188,12 @@ optout_arena_free(void *p)
 
 
 optout_merge_t *
-optout_merge_create(char *const *names, size_t n, optout_merge_skip_pt skip,
-    void *data, char *err, size_t err_len)
+optout_merge_create(char *const *names, size_t n, unsigned threads,
+    optout_merge_skip_pt skip, void *data, char *err, size_t err_len)
 {
     size_t            i;
+    unsigned          each;
     optout_merge_t   *m;
-    optout_stream_t  *s;
 
     m = calloc(1, sizeof(optout_merge_t));
     if (m == NULL) {
@@ -179,23 +216,22 @@ optout_merge_create(char *const *names, size_t n, optout_merge_skip_pt skip,
     json_set_alloc_funcs(optout_arena_malloc, optout_arena_free);
     json_object_seed(0);                       /* before any thread */
 
+    /*
+     * The threads are shared out among the journals.  With one thread, or
+     * fewer threads than journals, the lines are parsed on this thread as
+     * they are needed: a batch a journal in memory, however many there
+     * are.
+     */
+
+    each = (threads > 1) ? threads / (n ? n : 1) : 0;
+    each = (each > OPTOUT_THREADS_MAX) ? OPTOUT_THREADS_MAX : each;
+
     for (i = 0; i < n; i++) {
-        s = &m->streams[i];
-        s->cur.name = names[i];
-
-        s->fp = (strcmp(names[i], "-") == 0) ? stdin : fopen(names[i], "re");
-
-        if (s->fp == NULL) {
-            snprintf(err, err_len, "%s: %s", names[i], strerror(errno));
-            optout_merge_destroy(m);
-            return NULL;
-        }
-
         m->nstreams++;
 
-        s->slots = malloc(OPTOUT_BATCH * sizeof(optout_slot_t));
-        if (s->slots == NULL) {
-            snprintf(err, err_len, "out of memory");
+        if (optout_stream_open(&m->streams[i], names[i], each, err, err_len)
+            != 0)
+        {
             optout_merge_destroy(m);
             return NULL;
         }
@@ -222,120 +258,393 @@ optout_merge_create(char *const *names, size_t n, optout_merge_skip_pt skip,
 }
 
 
-static void *
-optout_stream_parse(void *data)
+static int
+optout_stream_open(optout_stream_t *s, const char *name, unsigned threads,
+    char *err, size_t err_len)
 {
-    size_t          i;
-    optout_half_t  *h;
-    optout_slot_t  *sl;
+    s->name = name;
+    s->fd = STDIN_FILENO;
 
-    h = data;
+    if (strcmp(name, "-") != 0) {
+        s->fd = open(name, O_RDONLY | O_CLOEXEC);
 
-    for (i = h->from; i < h->to; i++) {
-        sl = &h->s->slots[i];
-        sl->reason[0] = '\0';
+        if (s->fd == -1) {
+            snprintf(err, err_len, "%s: %s", name, strerror(errno));
+            return -1;
+        }
 
-        optout_arena_on = 1;
-        sl->rc = optout_journal_parse(h->s->text + sl->off, sl->len, &sl->e,
-                                      sl->reason, sizeof(sl->reason));
-        optout_arena_on = 0;
-        optout_arena_used = 0;
+        s->own = 1;
     }
+
+    s->nring = threads + 2;
+    s->ring = calloc(s->nring, sizeof(optout_batch_t));
+
+    if (s->ring == NULL) {
+        snprintf(err, err_len, "out of memory");
+        return -1;
+    }
+
+    if (threads == 0) {
+        return 0;
+    }
+
+    if (pthread_mutex_init(&s->mutex, NULL) != 0) {
+        snprintf(err, err_len, "cannot create a mutex");
+        return -1;
+    }
+
+    if (pthread_cond_init(&s->cond, NULL) != 0) {
+        (void) pthread_mutex_destroy(&s->mutex);
+        snprintf(err, err_len, "cannot create a condition variable");
+        return -1;
+    }
+
+    s->sync = 1;
+
+    /* fewer threads than asked still parse the same lines */
+
+    while (s->nthreads < threads
+           && pthread_create(&s->tids[s->nthreads], NULL,
+                             optout_stream_thread, s)
+              == 0)
+    {
+        s->nthreads++;
+    }
+
+    return 0;
+}
+
+
+static void
+optout_stream_close(optout_stream_t *s)
+{
+    size_t  i;
+
+    if (s->sync) {
+        (void) pthread_mutex_lock(&s->mutex);
+        s->stop = 1;
+        (void) pthread_cond_broadcast(&s->cond);
+        (void) pthread_mutex_unlock(&s->mutex);
+
+        for (i = 0; i < s->nthreads; i++) {
+            (void) pthread_join(s->tids[i], NULL);
+        }
+
+        (void) pthread_cond_destroy(&s->cond);
+        (void) pthread_mutex_destroy(&s->mutex);
+    }
+
+    if (s->own) {
+        (void) close(s->fd);
+    }
+
+    for (i = 0; s->ring != NULL && i < s->nring; i++) {
+        free(s->ring[i].text);
+        free(s->ring[i].slots);
+    }
+
+    free(s->ring);
+    free(s->carry);
+}
+
+
+static void *
+optout_stream_thread(void *data)
+{
+    optout_stream_t  *s;
+    optout_batch_t   *b;
+
+    s = data;
+
+    (void) pthread_mutex_lock(&s->mutex);
+
+    for ( ;; ) {
+        while (!s->stop && !s->eof
+               && (s->reading
+                   || s->ring[s->filled % s->nring].state
+                      != OPTOUT_BATCH_FREE))
+        {
+            (void) pthread_cond_wait(&s->cond, &s->mutex);
+        }
+
+        if (s->stop || s->eof) {
+            break;
+        }
+
+        b = &s->ring[s->filled++ % s->nring];
+        b->state = OPTOUT_BATCH_BUSY;
+        s->reading = 1;
+
+        (void) pthread_mutex_unlock(&s->mutex);
+
+        optout_batch_read(s, b);
+
+        (void) pthread_mutex_lock(&s->mutex);
+
+        s->reading = 0;
+        s->eof = b->last;
+        (void) pthread_cond_broadcast(&s->cond);
+
+        (void) pthread_mutex_unlock(&s->mutex);
+
+        if (b->err == 0) {
+            optout_batch_split(b);
+            optout_batch_parse(s, b);
+        }
+
+        (void) pthread_mutex_lock(&s->mutex);
+
+        b->state = OPTOUT_BATCH_READY;
+        (void) pthread_cond_broadcast(&s->cond);
+    }
+
+    (void) pthread_mutex_unlock(&s->mutex);
 
     return NULL;
 }
 
 
-/* reads up to OPTOUT_BATCH lines and parses them, half on a second thread */
+/*
+ * Reads whole lines into the batch: what follows the last "\n" is carried
+ * to the next batch.  A line longer than the batch grows it.  b->last is
+ * set at the end of the file and on an error (b->err).  Called by one
+ * thread at a time.
+ */
 
-static int
-optout_stream_fill(optout_merge_t *m, optout_stream_t *s, char *err,
-    size_t err_len)
+static void
+optout_batch_read(optout_stream_t *s, optout_batch_t *b)
 {
-    char           *p;
+    char     *p, *nl;
+    size_t    cap, scan;
+    ssize_t   n;
+
+    b->text_len = 0;
+    b->nslots = 0;
+    b->err = 0;
+    b->last = 1;
+
+    cap = OPTOUT_BATCH_BYTES;
+
+    if (cap < s->carry_len + 1) {
+        cap = s->carry_len + 1;
+    }
+
+    scan = 0;
+
+    for ( ;; ) {
+        if (b->text_cap < cap) {
+            p = realloc(b->text, cap);
+            if (p == NULL) {
+                b->err = ENOMEM;
+                return;
+            }
+
+            b->text = p;
+            b->text_cap = cap;
+        }
+
+        if (s->carry_len) {
+            memcpy(b->text, s->carry, s->carry_len);
+            b->text_len = s->carry_len;
+            s->carry_len = 0;
+        }
+
+        /* one byte stays free for the "\0" of a last line without "\n" */
+
+        while (b->text_len < b->text_cap - 1) {
+            n = read(s->fd, b->text + b->text_len,
+                     b->text_cap - 1 - b->text_len);
+
+            if (n == -1 && errno == EINTR) {
+                continue;
+            }
+
+            if (n == -1) {
+                b->err = errno;
+                return;
+            }
+
+            if (n == 0) {
+                return;
+            }
+
+            b->text_len += (size_t) n;
+        }
+
+        for (nl = b->text + b->text_len; nl > b->text + scan; nl--) {
+            if (nl[-1] == '\n') {
+                break;
+            }
+        }
+
+        if (nl > b->text + scan) {
+            nl--;
+            break;
+        }
+
+        /* no whole line yet: a bigger batch */
+
+        scan = b->text_len;
+        cap = b->text_cap * 2;
+    }
+
+    optout_batch_carry(s, b, nl + 1);
+}
+
+
+/* the batch ends at "end": what follows goes to the next batch */
+
+static void
+optout_batch_carry(optout_stream_t *s, optout_batch_t *b, char *end)
+{
+    char    *p;
+    size_t   n;
+
+    n = (size_t) ((b->text + b->text_len) - end);
+
+    if (n > 0) {
+        if (s->carry_cap < n) {
+            p = realloc(s->carry, n * 2);
+            if (p == NULL) {
+                b->err = ENOMEM;
+                return;
+            }
+
+            s->carry = p;
+            s->carry_cap = n * 2;
+        }
+
+        memcpy(s->carry, end, n);
+        s->carry_len = n;
+    }
+
+    b->text_len = (size_t) (end - b->text);
+    b->last = 0;
+}
+
+
+/* the batch's lines, as getline() would give them; b->err: out of memory */
+
+static void
+optout_batch_split(optout_batch_t *b)
+{
+    char           *p, *end, *nl;
     size_t          len, cap;
-    ssize_t         n;
-    pthread_t       tid;
-    optout_half_t   a, b;
     optout_slot_t  *sl;
 
-    s->nslots = 0;
-    s->next = 0;
-    s->text_len = 0;
+    p = b->text;
+    end = b->text + b->text_len;
 
-    while (s->nslots < OPTOUT_BATCH
-           && (n = getline(&s->line, &s->line_cap, s->fp)) != -1)
+    while (p < end) {
+        nl = memchr(p, '\n', (size_t) (end - p));
+        len = (nl != NULL) ? (size_t) (nl - p) : (size_t) (end - p);
+
+        if (b->nslots == b->slots_cap) {
+            cap = b->slots_cap ? b->slots_cap * 2 : 2048;
+            sl = realloc(b->slots, cap * sizeof(optout_slot_t));
+
+            if (sl == NULL) {
+                b->err = ENOMEM;
+                return;
+            }
+
+            b->slots = sl;
+            b->slots_cap = cap;
+        }
+
+        sl = &b->slots[b->nslots++];
+        sl->l.line = p;
+        p[len] = '\0';                         /* the "\n", or the spare */
+
+        if (len > 0 && p[len - 1] == '\r') {
+            p[--len] = '\0';
+        }
+
+        sl->l.len = len;
+        sl->size = (nl != NULL) ? (size_t) (nl - p) + 1 : (size_t) (end - p);
+        p += sl->size;
+    }
+}
+
+
+static void
+optout_batch_parse(optout_stream_t *s, optout_batch_t *b)
+{
+    size_t          i;
+    optout_slot_t  *sl;
+
+    for (i = 0; i < b->nslots; i++) {
+        sl = &b->slots[i];
+        sl->reason[0] = '\0';
+        sl->l.name = s->name;
+
+        optout_arena_on = 1;
+        sl->rc = optout_journal_parse(sl->l.line, sl->l.len, &sl->l.e,
+                                      sl->reason, sizeof(sl->reason));
+        optout_arena_on = 0;
+        optout_arena_used = 0;
+    }
+}
+
+
+/*
+ * The next batch in file order, read and parsed, in s->cur_batch; the
+ * previous one goes back to the ring.  NULL: the end.
+ */
+
+static optout_batch_t *
+optout_stream_batch(optout_stream_t *s)
+{
+    optout_batch_t  *b;
+
+    if (s->nthreads == 0) {
+        s->cur_batch = NULL;
+
+        if (s->eof) {
+            return NULL;
+        }
+
+        b = &s->ring[0];
+
+        optout_batch_read(s, b);
+        s->eof = b->last;
+
+        if (b->err == 0) {
+            optout_batch_split(b);
+            optout_batch_parse(s, b);
+        }
+
+        s->cur_batch = b;
+
+        return b;
+    }
+
+    (void) pthread_mutex_lock(&s->mutex);
+
+    if (s->cur_batch != NULL) {
+        s->cur_batch->state = OPTOUT_BATCH_FREE;
+        s->cur_batch = NULL;
+        s->used++;
+        (void) pthread_cond_broadcast(&s->cond);
+    }
+
+    b = &s->ring[s->used % s->nring];
+
+    while (b->state != OPTOUT_BATCH_READY
+           && !(s->eof && !s->reading && s->used == s->filled))
     {
-        m->lines++;
-        m->bytes += (uint64_t) n;
-        len = (size_t) n;
-
-        if (len > 0 && s->line[len - 1] == '\n') {
-            len--;
-        }
-
-        if (len > 0 && s->line[len - 1] == '\r') {
-            len--;
-        }
-
-        if (s->text_len + len + 1 > s->text_cap) {
-            cap = (s->text_len + len + 1) * 2;
-            p = realloc(s->text, cap);
-
-            if (p == NULL) {
-                snprintf(err, err_len, "out of memory");
-                return -1;
-            }
-
-            s->text = p;
-            s->text_cap = cap;
-        }
-
-        sl = &s->slots[s->nslots++];
-        sl->off = s->text_len;
-        sl->len = len;
-        memcpy(s->text + s->text_len, s->line, len);
-        s->text_len += len;
-        s->text[s->text_len++] = '\0';
+        (void) pthread_cond_wait(&s->cond, &s->mutex);
     }
 
-    if (s->nslots < OPTOUT_BATCH) {
-        if (ferror(s->fp)) {
-            snprintf(err, err_len, "%s: %s", s->cur.name, strerror(errno));
-            return -1;
-        }
+    (void) pthread_mutex_unlock(&s->mutex);
 
-        s->eof = 1;
+    if (b->state != OPTOUT_BATCH_READY) {
+        return NULL;
     }
 
-    a.s = s;
-    a.from = 0;
-    a.to = s->nslots;
+    s->cur_batch = b;
 
-    if (s->nslots >= OPTOUT_BATCH_SPLIT) {
-        b.s = s;
-        b.from = s->nslots / 2;
-        b.to = s->nslots;
-        a.to = b.from;
-
-        if (pthread_create(&tid, NULL, optout_stream_parse, &b) != 0) {
-            a.to = s->nslots;
-
-        } else {
-            (void) optout_stream_parse(&a);
-
-            if (pthread_join(tid, NULL) != 0) {
-                snprintf(err, err_len, "cannot join a parser thread");
-                return -1;
-            }
-
-            return 0;
-        }
-    }
-
-    (void) optout_stream_parse(&a);
-
-    return 0;
+    return b;
 }
 
 
@@ -345,39 +654,48 @@ static int
 optout_stream_read(optout_merge_t *m, optout_stream_t *s, char *err,
     size_t err_len)
 {
-    optout_slot_t  *sl;
+    optout_slot_t   *sl;
+    optout_batch_t  *b;
 
     for ( ;; ) {
-        if (s->next == s->nslots) {
-            if (s->eof) {
-                return 0;
-            }
+        b = s->cur_batch;
 
-            if (optout_stream_fill(m, s, err, err_len) != 0) {
+        if (b == NULL || s->next == b->nslots) {
+            if (b != NULL && b->err != 0) {
+                snprintf(err, err_len, "%s: %s", s->name,
+                         strerror(b->err));
                 return -1;
             }
 
-            if (s->nslots == 0) {
+            b = optout_stream_batch(s);
+
+            if (b == NULL) {
                 return 0;
+            }
+
+            s->next = 0;
+
+            if (b->nslots == 0) {
+                continue;
             }
         }
 
-        sl = &s->slots[s->next++];
-        s->cur.lineno++;
+        sl = &b->slots[s->next++];
+        sl->l.lineno = ++s->lineno;
+        m->lines++;
+        m->bytes += sl->size;
 
         if (sl->rc != OPTOUT_OK) {
             m->skipped++;
 
             if (m->skip) {
-                m->skip(m->data, s->cur.name, s->cur.lineno, sl->reason);
+                m->skip(m->data, s->name, sl->l.lineno, sl->reason);
             }
 
             continue;
         }
 
-        s->cur.e = sl->e;
-        s->cur.line = s->text + sl->off;
-        s->cur.len = sl->len;
+        s->cur = &sl->l;
 
         return 1;
     }
@@ -412,8 +730,8 @@ optout_merge_cmp(const optout_journal_entry_t *a, const char *la,
 static int
 optout_stream_less(const optout_stream_t *a, const optout_stream_t *b)
 {
-    return optout_merge_cmp(&a->cur.e, a->cur.line, a->cur.len,
-                            &b->cur.e, b->cur.line, b->cur.len) < 0;
+    return optout_merge_cmp(&a->cur->e, a->cur->line, a->cur->len,
+                            &b->cur->e, b->cur->line, b->cur->len) < 0;
 }
 
 
@@ -473,7 +791,7 @@ optout_merge_next(optout_merge_t *m, const optout_merge_line_t **out,
     }
 
     m->last = m->heap[0];
-    *out = &m->last->cur;
+    *out = m->last->cur;
 
     return 1;
 }
@@ -510,13 +828,7 @@ optout_merge_destroy(optout_merge_t *m)
     }
 
     for (i = 0; i < m->nstreams; i++) {
-        if (m->streams[i].fp != stdin) {
-            (void) fclose(m->streams[i].fp);
-        }
-
-        free(m->streams[i].line);
-        free(m->streams[i].text);
-        free(m->streams[i].slots);
+        optout_stream_close(&m->streams[i]);
     }
 
     free(m->streams);
@@ -710,11 +1022,14 @@ optout_fold_item_cmp(const void *a, const void *b)
 }
 
 
+/* block by block, in the order of creation: no cache miss an item */
+
 optout_fold_item_t **
 optout_fold_items(optout_fold_t *f, size_t *n)
 {
-    size_t                i, k;
-    optout_fold_item_t   *it, **all;
+    size_t                 k, off, size;
+    optout_fold_item_t    *it, **all;
+    optout_fold_block_t   *b;
 
     all = malloc((f->count ? f->count : 1) * sizeof(optout_fold_item_t *));
     if (all == NULL) {
@@ -723,9 +1038,14 @@ optout_fold_items(optout_fold_t *f, size_t *n)
 
     k = 0;
 
-    for (i = 0; i < f->nbuckets; i++) {
-        for (it = f->buckets[i]; it != NULL; it = it->next) {
+    for (b = f->blocks; b != NULL; b = b->next) {
+        for (off = 0; off < b->used; off += size) {
+            it = (optout_fold_item_t *) (b->data + off);
             all[k++] = it;
+
+            size = sizeof(optout_fold_item_t) + it->ns_len + it->dest_len
+                   + it->sender_len + 3;
+            size = (size + 7) & ~(size_t) 7;
         }
     }
 

@@ -50,11 +50,14 @@ struct optout_fold_item_s {
 
 
 /*
- * names: journal files, "-" for stdin.  Returns NULL with the reason in
- * err.
+ * names: journal files, "-" for stdin.  threads: how many parse the
+ * lines, shared by the journals; 1, or fewer than the journals, parses
+ * them on the caller's thread as they are needed.  The lines come out the
+ * same either way.  Returns NULL with the reason in err.
  */
 optout_merge_t *optout_merge_create(char *const *names, size_t n,
-    optout_merge_skip_pt skip, void *data, char *err, size_t err_len);
+    unsigned threads, optout_merge_skip_pt skip, void *data, char *err,
+    size_t err_len);
 /* 1: *out is the next line in time order, 0: the end, -1: read error */
 int optout_merge_next(optout_merge_t *m, const optout_merge_line_t **out,
     char *err, size_t err_len);

@@ -14,6 +14,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,7 +26,7 @@
 #include "optout_pipe.h"
 
 
-#define OPTOUT_PIPE_BATCH    1000              /* replies owed, at most */
+#define OPTOUT_PIPE_CHUNK    (64 * 1024)       /* sent once this is queued */
 #define OPTOUT_PIPE_OUT      (256 * 1024)
 #define OPTOUT_PIPE_IN       65536
 
@@ -38,7 +39,8 @@ typedef struct {
     unsigned                 unix_socket;
     char                    *out;
     size_t                   out_len;
-    unsigned                 pending;
+    size_t                   out_sent;
+    uint64_t                 pending;          /* replies owed */
     size_t                   in_start;
     size_t                   in_len;
     char                     in[OPTOUT_PIPE_IN];
@@ -61,9 +63,18 @@ static int optout_pipe_connect(optout_pipe_t *p, optout_pipe_server_t *s,
 static int optout_pipe_socket(optout_pipe_t *p, int family, int type,
     int proto);
 static int optout_pipe_send(optout_pipe_t *p, optout_pipe_server_t *s,
+    unsigned all, char *err, size_t err_len);
+static int optout_pipe_recv(optout_pipe_t *p, optout_pipe_server_t *s,
     char *err, size_t err_len);
 static int optout_pipe_reply(optout_pipe_t *p, optout_pipe_server_t *s,
     const char *line, size_t len, char *err, size_t err_len);
+
+
+static inline char *
+optout_pipe_cpy(char *dst, const char *src, size_t n)
+{
+    return (char *) memcpy(dst, src, n) + n;
+}
 
 
 optout_pipe_t *
@@ -253,149 +264,225 @@ optout_pipe_write(optout_pipe_t *p, unsigned op, const char *key,
     size_t key_len, const char *value, size_t value_len, char *err,
     size_t err_len)
 {
-    int                    n;
+    char                  *o, num[24];
+    size_t                 k, n;
     uint32_t               i;
     optout_pipe_server_t  *s;
 
-    static const char  *cmds[] = { "add", "set", "delete" };
+    static const char  *cmds[] = { "add ", "set ", "delete " };
 
     if (p->n == 0) {
         snprintf(err, err_len, "no memcached server");
         return -1;
     }
 
-    i = memcached_generate_hash(p->mc, key, key_len);
-    s = &p->servers[i < p->n ? i : 0];
-
-    if (s->pending >= OPTOUT_PIPE_BATCH
-        || OPTOUT_PIPE_OUT - s->out_len < p->ns_len + key_len + value_len
-                                          + 64)
-    {
-        if (optout_pipe_send(p, s, err, err_len) != 0) {
-            return -1;
-        }
-    }
-
-    if (op == OPTOUT_PIPE_DELETE) {
-        n = snprintf(s->out + s->out_len, OPTOUT_PIPE_OUT - s->out_len,
-                     "delete %.*s%.*s\r\n", (int) p->ns_len, p->ns,
-                     (int) key_len, key);
-
-    } else {
-        n = snprintf(s->out + s->out_len, OPTOUT_PIPE_OUT - s->out_len,
-                     "%s %.*s%.*s 0 0 %zu\r\n%.*s\r\n", cmds[op],
-                     (int) p->ns_len, p->ns, (int) key_len, key, value_len,
-                     (int) value_len, value);
-    }
-
-    if (n < 0 || (size_t) n >= OPTOUT_PIPE_OUT - s->out_len) {
+    if (p->ns_len + key_len + value_len + 64 > OPTOUT_PIPE_OUT) {
         snprintf(err, err_len, "command too long");
         return -1;
     }
 
-    s->out_len += (size_t) n;
+    i = memcached_generate_hash(p->mc, key, key_len);
+    s = &p->servers[i < p->n ? i : 0];
+
+    if (s->out_len >= OPTOUT_PIPE_CHUNK
+        || OPTOUT_PIPE_OUT - s->out_len < p->ns_len + key_len + value_len
+                                          + 64)
+    {
+        if (optout_pipe_send(p, s, 0, err, err_len) != 0) {
+            return -1;
+        }
+    }
+
+    o = s->out + s->out_len;
+    o = optout_pipe_cpy(o, cmds[op], strlen(cmds[op]));
+    o = optout_pipe_cpy(o, p->ns, p->ns_len);
+    o = optout_pipe_cpy(o, key, key_len);
+
+    if (op != OPTOUT_PIPE_DELETE) {
+        n = value_len;
+        k = sizeof(num);
+
+        do {
+            num[--k] = (char) ('0' + n % 10);
+            n /= 10;
+        } while (n);
+
+        o = optout_pipe_cpy(o, " 0 0 ", 5);
+        o = optout_pipe_cpy(o, num + k, sizeof(num) - k);
+        o = optout_pipe_cpy(o, "\r\n", 2);
+        o = optout_pipe_cpy(o, value, value_len);
+    }
+
+    o = optout_pipe_cpy(o, "\r\n", 2);
+
+    s->out_len = (size_t) (o - s->out);
     s->pending++;
 
     return 0;
 }
 
 
-/* writes a server's batch, then reads one reply per command */
+/*
+ * Sends what is queued for a server; with all, also reads every reply
+ * owed.  Replies are read whenever they arrive, also while sending, so
+ * neither side ever waits for the other to read: memcached works on one
+ * batch while the next is being formatted.
+ */
 
 static int
-optout_pipe_send(optout_pipe_t *p, optout_pipe_server_t *s, char *err,
-    size_t err_len)
+optout_pipe_send(optout_pipe_t *p, optout_pipe_server_t *s, unsigned all,
+    char *err, size_t err_len)
 {
-    char     *eol;
-    size_t    off, len;
-    ssize_t   n;
+    int            rc, moved;
+    ssize_t        n;
+    struct pollfd  pfd;
 
+    if (s->fd == -1) {
+        if (s->pending == 0) {
+            return 0;
+        }
 
-    if (s->pending == 0) {
-        return 0;
+        if (optout_pipe_connect(p, s, err, err_len) != 0) {
+            return -1;
+        }
     }
 
-    if (s->fd == -1 && optout_pipe_connect(p, s, err, err_len) != 0) {
-        return -1;
-    }
+    while (s->out_sent < s->out_len || (all && s->pending > 0)) {
+        moved = 0;
 
-    for (off = 0; off < s->out_len; off += (size_t) n) {
-        n = send(s->fd, s->out + off, s->out_len - off, MSG_NOSIGNAL);
+        if (s->out_sent < s->out_len) {
+            n = send(s->fd, s->out + s->out_sent, s->out_len - s->out_sent,
+                     MSG_NOSIGNAL | MSG_DONTWAIT);
 
-        if (n == -1 && errno == EINTR) {
-            n = 0;
+            if (n > 0) {
+                s->out_sent += (size_t) n;
+                moved = 1;
+
+            } else if (errno != EAGAIN && errno != EWOULDBLOCK
+                       && errno != EINTR)
+            {
+                snprintf(err, err_len, "%s: %s", s->name, strerror(errno));
+                return -1;
+            }
+        }
+
+        if (s->pending > 0) {
+            rc = optout_pipe_recv(p, s, err, err_len);
+
+            if (rc == -1) {
+                return -1;
+            }
+
+            moved |= rc;
+        }
+
+        if (moved) {
             continue;
         }
 
-        if (n == -1) {
-            snprintf(err, err_len, "%s: %s", s->name,
-                     errno == EAGAIN ? "timed out" : strerror(errno));
+        /* wait only when neither direction moved */
+
+        pfd.fd = s->fd;
+        pfd.events = (s->out_sent < s->out_len ? POLLOUT : 0)
+                     | (s->pending > 0 ? POLLIN : 0);
+        pfd.revents = 0;
+
+        rc = poll(&pfd, 1, (int) p->timeout_ms);
+
+        if (rc == 0) {
+            snprintf(err, err_len, "%s: timed out", s->name);
+            return -1;
+        }
+
+        if (rc == -1 && errno != EINTR) {
+            snprintf(err, err_len, "%s: %s", s->name, strerror(errno));
             return -1;
         }
     }
 
     s->out_len = 0;
-
-    while (s->pending > 0) {
-        eol = memchr(s->in + s->in_start, '\n', s->in_len - s->in_start);
-
-        if (eol != NULL) {
-            len = (size_t) (eol - (s->in + s->in_start));
-
-            if (len == 0 || s->in[s->in_start + len - 1] != '\r') {
-                snprintf(err, err_len, "%s: malformed reply", s->name);
-                return -1;
-            }
-
-            if (optout_pipe_reply(p, s, s->in + s->in_start, len - 1, err,
-                                  err_len)
-                != 0)
-            {
-                return -1;
-            }
-
-            s->in_start += len + 1;
-            s->pending--;
-            continue;
-        }
-
-        memmove(s->in, s->in + s->in_start, s->in_len - s->in_start);
-        s->in_len -= s->in_start;
-        s->in_start = 0;
-
-        if (s->in_len == sizeof(s->in)) {
-            snprintf(err, err_len, "%s: reply too long", s->name);
-            return -1;
-        }
-
-        n = recv(s->fd, s->in + s->in_len, sizeof(s->in) - s->in_len, 0);
-
-        if (n > 0) {
-            s->in_len += (size_t) n;
-            continue;
-        }
-
-        if (n == -1 && errno == EINTR) {
-            continue;
-        }
-
-        snprintf(err, err_len, "%s: %s", s->name,
-                 n == 0 ? "connection closed"
-                 : errno == EAGAIN ? "timed out" : strerror(errno));
-        return -1;
-    }
+    s->out_sent = 0;
 
     /* replies beyond those owed: the stream is out of step */
 
-    if (s->in_start != s->in_len) {
+    if (all && s->in_start != s->in_len) {
         snprintf(err, err_len, "%s: unexpected reply", s->name);
         return -1;
     }
 
-    s->in_start = 0;
-    s->in_len = 0;
-
     return 0;
+}
+
+
+/* 1: replies read, 0: none yet, -1: an error or a failed command */
+
+static int
+optout_pipe_recv(optout_pipe_t *p, optout_pipe_server_t *s, char *err,
+    size_t err_len)
+{
+    char     *eol;
+    size_t    len;
+    ssize_t   n;
+
+    if (s->in_start > 0) {
+        memmove(s->in, s->in + s->in_start, s->in_len - s->in_start);
+        s->in_len -= s->in_start;
+        s->in_start = 0;
+    }
+
+    if (s->in_len == sizeof(s->in)) {
+        snprintf(err, err_len, "%s: reply too long", s->name);
+        return -1;
+    }
+
+    n = recv(s->fd, s->in + s->in_len, sizeof(s->in) - s->in_len,
+             MSG_DONTWAIT);
+
+    if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK
+                    || errno == EINTR))
+    {
+        return 0;
+    }
+
+    if (n <= 0) {
+        snprintf(err, err_len, "%s: %s", s->name,
+                 n == 0 ? "connection closed" : strerror(errno));
+        return -1;
+    }
+
+    s->in_len += (size_t) n;
+
+    while (s->pending > 0) {
+        eol = memchr(s->in + s->in_start, '\n', s->in_len - s->in_start);
+
+        if (eol == NULL) {
+            break;
+        }
+
+        len = (size_t) (eol - (s->in + s->in_start));
+
+        if (len == 0 || s->in[s->in_start + len - 1] != '\r') {
+            snprintf(err, err_len, "%s: malformed reply", s->name);
+            return -1;
+        }
+
+        if (optout_pipe_reply(p, s, s->in + s->in_start, len - 1, err,
+                              err_len)
+            != 0)
+        {
+            return -1;
+        }
+
+        s->in_start += len + 1;
+        s->pending--;
+    }
+
+    if (s->pending == 0 && s->in_start != s->in_len) {
+        snprintf(err, err_len, "%s: unexpected reply", s->name);
+        return -1;
+    }
+
+    return 1;
 }
 
 
@@ -436,7 +523,7 @@ optout_pipe_flush(optout_pipe_t *p, char *err, size_t err_len)
     unsigned  i;
 
     for (i = 0; i < p->n; i++) {
-        if (optout_pipe_send(p, &p->servers[i], err, err_len) != 0) {
+        if (optout_pipe_send(p, &p->servers[i], 1, err, err_len) != 0) {
             return -1;
         }
     }

@@ -342,7 +342,7 @@ my $closed = 'http://127.0.0.1:' . OptoutTest::_free_port() . '/api';
     is($rc, 2, 'import --chunk 10001: usage error');
 }
 
-# large journals: lines parsed in batches (of 4,096, on two threads) keep
+# large journals: lines parsed in batches (of 256 KB, one thread a CPU) keep
 # their order and numbers; on a terminal a progress bar, cleared at the end
 
 {

@@ -52,6 +52,7 @@
 #define OCTL_KEYGEN_BYTES     32
 #define OCTL_DEFAULT_PREFIX   "optout:"
 #define OCTL_MC_TIMEOUT       1000              /* ms */
+#define OCTL_THREADS_MAX      16
 #define OCTL_STDOUT_BUF       (1024 * 1024)
 #define OCTL_MAX_KEYS         OPTOUT_KEY_ID_MAX
 #define OCTL_LABEL_MAX        32
@@ -284,7 +285,7 @@ static const char  octl_get_usage[] =
 
 static const char  octl_replay_usage[] =
     "usage: optoutctl replay [--store CONF] [--store-secret FILE]\n"
-    "                        [--prefix P] JOURNAL...\n"
+    "                        [--prefix P] [--threads N] JOURNAL...\n"
     "\n"
     "Merge the journals (\"-\" for stdin) by time, fold them into the\n"
     "state each rule ends in, and write that to memcached: a rule that\n"
@@ -299,6 +300,9 @@ static const char  octl_replay_usage[] =
     "  -K, --store-secret FILE   store key file (default:\n"
     "                            $OPTOUT_STORE_SECRET)\n"
     "  -p, --prefix P            key prefix (default \"optout:\")\n"
+    "  -j, --threads N           threads that parse the journals, 1..16\n"
+    "                            (default: one a CPU); the result is the\n"
+    "                            same with any number\n"
     "  -h, --help                show this help\n"
     "\n"
     "Exit status: 0 done, 1 error, 2 usage error.\n";
@@ -1629,10 +1633,11 @@ octl_skip(void *data, const char *name, uint64_t lineno, const char *reason)
  */
 
 static optout_fold_t *
-octl_fold(char **names, size_t n, const char *what, octl_fold_pt cb,
-    void *data, uint64_t *lines, uint64_t *skipped)
+octl_fold(char **names, size_t n, unsigned threads, const char *what,
+    octl_fold_pt cb, void *data, uint64_t *lines, uint64_t *skipped)
 {
     int                         rc;
+    long                        cpus;
     char                        err[512];
     size_t                      i;
     uint64_t                    size;
@@ -1657,7 +1662,15 @@ octl_fold(char **names, size_t n, const char *what, octl_fold_pt cb,
 
     octl_bar_init(&bar, what, "lines", size);
 
-    merge = optout_merge_create(names, n, octl_skip, &bar, err, sizeof(err));
+    if (threads == 0) {
+        cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = (cpus < 1) ? 1
+                  : (cpus > OCTL_THREADS_MAX) ? OCTL_THREADS_MAX
+                  : (unsigned) cpus;
+    }
+
+    merge = optout_merge_create(names, n, threads, octl_skip, &bar, err,
+                                sizeof(err));
     if (merge == NULL) {
         octl_error("%s", err);
         return NULL;
@@ -1775,7 +1788,8 @@ octl_replay(int argc, char **argv)
     int                          c, rc;
     char                         err[512];
     size_t                       i, n;
-    uint64_t                     lines, skipped;
+    uint64_t                     lines, skipped, v;
+    unsigned                     threads;
     const char                  *conf, *secret, *prefix;
     optout_fold_t               *fold;
     octl_replay_t                ctx;
@@ -1786,6 +1800,7 @@ octl_replay(int argc, char **argv)
         { "store", required_argument, NULL, 'S' },
         { "store-secret", required_argument, NULL, 'K' },
         { "prefix", required_argument, NULL, 'p' },
+        { "threads", required_argument, NULL, 'j' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 }
     };
@@ -1793,8 +1808,9 @@ octl_replay(int argc, char **argv)
     conf = NULL;
     secret = NULL;
     prefix = OCTL_DEFAULT_PREFIX;
+    threads = 0;
 
-    while ((c = octl_getopt(argc, argv, "replay", ":S:K:p:h", longopts))
+    while ((c = octl_getopt(argc, argv, "replay", ":S:K:p:j:h", longopts))
            != -1)
     {
         switch (c) {
@@ -1806,6 +1822,18 @@ octl_replay(int argc, char **argv)
             break;
         case 'p':
             prefix = optarg;
+            break;
+        case 'j':
+            if (optout_parse_u64(optarg, strlen(optarg), OCTL_THREADS_MAX,
+                                 &v)
+                != 0 || v < 1)
+            {
+                return octl_usage_error("replay", "invalid --threads "
+                                        "\"%s\" (1..%d)", optarg,
+                                        OCTL_THREADS_MAX);
+            }
+
+            threads = (unsigned) v;
             break;
         case 'h':
             return octl_help(octl_replay_usage);
@@ -1836,8 +1864,8 @@ octl_replay(int argc, char **argv)
     rc = OCTL_EXIT_ERROR;
     items = NULL;
 
-    fold = octl_fold(argv + optind, argc - optind, "replay", NULL, NULL,
-                     &lines, &skipped);
+    fold = octl_fold(argv + optind, argc - optind, threads, "replay", NULL,
+                     NULL, &lines, &skipped);
     if (fold == NULL) {
         goto done;
     }
@@ -2058,7 +2086,7 @@ octl_export(int argc, char **argv)
         return octl_usage_error("export", "missing JOURNAL");
     }
 
-    fold = octl_fold(argv + optind, argc - optind, "export", NULL, NULL,
+    fold = octl_fold(argv + optind, argc - optind, 0, "export", NULL, NULL,
                      &lines, &skipped);
     if (fold == NULL) {
         return OCTL_EXIT_ERROR;
@@ -2491,7 +2519,7 @@ octl_report(int argc, char **argv)
 
     rc = OCTL_EXIT_ERROR;
 
-    fold = octl_fold(argv + optind, argc - optind, "report",
+    fold = octl_fold(argv + optind, argc - optind, 0, "report",
                      octl_report_line, &ctx, &lines, &skipped);
     if (fold == NULL) {
         goto done;

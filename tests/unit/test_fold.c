@@ -71,7 +71,8 @@ fold(char **names, size_t n, optout_fold_item_t **out, uint64_t *lines)
     optout_fold_item_t        **items;
     const optout_merge_line_t  *l;
 
-    m = optout_merge_create(names, n, count_skip, NULL, err, sizeof(err));
+    m = optout_merge_create(names, n, 2, count_skip, NULL, err,
+                            sizeof(err));
     f = optout_fold_create();
 
     if (m == NULL || f == NULL) {
