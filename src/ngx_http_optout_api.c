@@ -50,7 +50,6 @@ static ngx_int_t ngx_http_optout_api_input(ngx_http_request_t *r,
 static ngx_int_t ngx_http_optout_api_lookup(ngx_http_request_t *r,
     ngx_http_optout_api_ctx_t *ctx);
 static void ngx_http_optout_api_looked(ngx_http_optout_lookup_t *lk);
-static void ngx_http_optout_api_timeout(ngx_event_t *ev);
 static void ngx_http_optout_api_cleanup(void *data);
 static ngx_int_t ngx_http_optout_api_answer(ngx_http_request_t *r,
     ngx_http_optout_api_ctx_t *ctx);
@@ -221,7 +220,10 @@ ngx_http_optout_api_lookup(ngx_http_request_t *r,
     lk->handler = ngx_http_optout_api_looked;
     lk->data = ctx;
 
-    if (ngx_http_optout_store_lookup(omcf->store, lk) != NGX_OK) {
+    if (ngx_http_optout_store_lookup(omcf->store, lk, olcf->check_timeout,
+                                     r->connection->log)
+        != NGX_OK)
+    {
         lk->rc = NGX_ERROR;
 
         rc = ngx_http_optout_api_answer(r, ctx);
@@ -240,12 +242,6 @@ ngx_http_optout_api_lookup(ngx_http_request_t *r,
 
     cln->handler = ngx_http_optout_api_cleanup;
     cln->data = ctx;
-
-    base->timeout.handler = ngx_http_optout_api_timeout;
-    base->timeout.data = ctx;
-    base->timeout.log = r->connection->log;
-
-    ngx_add_timer(&base->timeout, olcf->check_timeout);
 
     r->main->count++;
 
@@ -358,10 +354,6 @@ ngx_http_optout_api_looked(ngx_http_optout_lookup_t *lk)
     r = ctx->base.request;
     c = r->connection;
 
-    if (ctx->base.timeout.timer_set) {
-        ngx_del_timer(&ctx->base.timeout);
-    }
-
     ngx_http_set_log_request(c->log, r);
 
     rc = ngx_http_optout_api_answer(r, ctx);
@@ -375,28 +367,11 @@ ngx_http_optout_api_looked(ngx_http_optout_lookup_t *lk)
 
 
 static void
-ngx_http_optout_api_timeout(ngx_event_t *ev)
-{
-    ngx_http_optout_api_ctx_t *ctx = ev->data;
-
-    ngx_http_optout_store_lookup_cancel(&ctx->base.lookup);
-
-    ctx->base.lookup.rc = NGX_ERROR;
-
-    ngx_http_optout_api_looked(&ctx->base.lookup);
-}
-
-
-static void
 ngx_http_optout_api_cleanup(void *data)
 {
     ngx_http_optout_api_ctx_t *ctx = data;
 
     ngx_http_optout_store_lookup_cancel(&ctx->base.lookup);
-
-    if (ctx->base.timeout.timer_set) {
-        ngx_del_timer(&ctx->base.timeout);
-    }
 }
 
 

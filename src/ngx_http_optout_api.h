@@ -40,7 +40,6 @@ typedef struct {
     /* one rule checked on the event loop */
     ngx_http_optout_api_item_t      *item;
     ngx_http_optout_lookup_t         lookup;
-    ngx_event_t                      timeout;
 } ngx_http_optout_api_add_t;
 
 

@@ -31,7 +31,6 @@ static void ngx_http_optout_api_add_items_free(ngx_http_optout_api_add_t *ac);
 static ngx_int_t ngx_http_optout_api_add_one(ngx_http_request_t *r,
     ngx_http_optout_api_add_t *ac);
 static void ngx_http_optout_api_add_looked(ngx_http_optout_lookup_t *lk);
-static void ngx_http_optout_api_add_timeout(ngx_event_t *ev);
 static ngx_int_t ngx_http_optout_api_add_finish(ngx_http_request_t *r,
     ngx_http_optout_api_add_t *ac);
 static void ngx_http_optout_api_add_done(ngx_event_t *ev);
@@ -348,16 +347,13 @@ ngx_http_optout_api_add_one(ngx_http_request_t *r,
     lk->handler = ngx_http_optout_api_add_looked;
     lk->data = ac;
 
-    if (ngx_http_optout_store_lookup(omcf->store, lk) != NGX_OK) {
+    if (ngx_http_optout_store_lookup(omcf->store, lk, olcf->check_timeout,
+                                     r->connection->log)
+        != NGX_OK)
+    {
         lk->rc = NGX_ERROR;
         return ngx_http_optout_api_add_finish(r, ac);
     }
-
-    ac->timeout.handler = ngx_http_optout_api_add_timeout;
-    ac->timeout.data = ac;
-    ac->timeout.log = r->connection->log;
-
-    ngx_add_timer(&ac->timeout, olcf->check_timeout);
 
     return NGX_DONE;
 }
@@ -375,10 +371,6 @@ ngx_http_optout_api_add_looked(ngx_http_optout_lookup_t *lk)
     r = ac->bc.request;
     c = r->connection;
 
-    if (ac->timeout.timer_set) {
-        ngx_del_timer(&ac->timeout);
-    }
-
     ngx_http_set_log_request(c->log, r);
 
     rc = ngx_http_optout_api_add_finish(r, ac);
@@ -388,19 +380,6 @@ ngx_http_optout_api_add_looked(ngx_http_optout_lookup_t *lk)
     }
 
     ngx_http_run_posted_requests(c);
-}
-
-
-static void
-ngx_http_optout_api_add_timeout(ngx_event_t *ev)
-{
-    ngx_http_optout_api_add_t *ac = ev->data;
-
-    ngx_http_optout_store_lookup_cancel(&ac->lookup);
-
-    ac->lookup.rc = NGX_ERROR;
-
-    ngx_http_optout_api_add_looked(&ac->lookup);
 }
 
 
@@ -638,10 +617,6 @@ ngx_http_optout_api_add_free(void *data)
 
     ngx_http_optout_batch_slot_put(&ac->bc.slot);
     ngx_http_optout_store_lookup_cancel(&ac->lookup);
-
-    if (ac->timeout.timer_set) {
-        ngx_del_timer(&ac->timeout);
-    }
 
     if (ac->bc.mac) {
         optout_mac_destroy(ac->bc.mac);

@@ -23,7 +23,6 @@ static ngx_int_t ngx_http_optout_check_pending(
 static void ngx_http_optout_check_allowed(ngx_http_optout_main_conf_t *omcf,
     ngx_http_optout_ctx_t *ctx);
 static void ngx_http_optout_check_lookup_done(ngx_http_optout_lookup_t *lk);
-static void ngx_http_optout_check_timeout(ngx_event_t *ev);
 static void ngx_http_optout_check_cleanup(void *data);
 static void ngx_http_optout_check_finish(ngx_http_optout_ctx_t *ctx);
 static ngx_int_t ngx_http_optout_check_respond(ngx_http_request_t *r,
@@ -212,7 +211,10 @@ ngx_http_optout_check_handler(ngx_http_request_t *r)
     lk->handler = ngx_http_optout_check_lookup_done;
     lk->data = ctx;
 
-    if (ngx_http_optout_store_lookup(omcf->store, lk) != NGX_OK) {
+    if (ngx_http_optout_store_lookup(omcf->store, lk, olcf->check_timeout,
+                                     r->connection->log)
+        != NGX_OK)
+    {
         ctx->status = NGX_HTTP_OPTOUT_STATUS_UNAVAILABLE;
         ctx->reason = "the lookup could not be queued";
         return ngx_http_optout_check_respond(r, ctx);
@@ -226,12 +228,6 @@ ngx_http_optout_check_handler(ngx_http_request_t *r)
 
     cln->handler = ngx_http_optout_check_cleanup;
     cln->data = ctx;
-
-    ctx->timeout.handler = ngx_http_optout_check_timeout;
-    ctx->timeout.data = ctx;
-    ctx->timeout.log = r->connection->log;
-
-    ngx_add_timer(&ctx->timeout, olcf->check_timeout);
 
     r->main->count++;
 
@@ -454,15 +450,13 @@ ngx_http_optout_check_lookup_done(ngx_http_optout_lookup_t *lk)
     ngx_uint_t                    i;
     ngx_http_optout_main_conf_t  *omcf;
 
-    if (ctx->timeout.timer_set) {
-        ngx_del_timer(&ctx->timeout);
-    }
-
     if (lk->rc != NGX_OK) {
         ctx->status = NGX_HTTP_OPTOUT_STATUS_UNAVAILABLE;
         ctx->reason = (lk->rc == NGX_DECLINED)
                       ? "the store is not seeded (marker missing), "
                         "run \"optoutctl replay\""
+                      : lk->timedout
+                      ? "memcached did not answer within optout_check_timeout"
                       : "memcached lookup failed";
 
         ngx_http_optout_check_finish(ctx);
@@ -493,29 +487,11 @@ ngx_http_optout_check_lookup_done(ngx_http_optout_lookup_t *lk)
 
 
 static void
-ngx_http_optout_check_timeout(ngx_event_t *ev)
-{
-    ngx_http_optout_ctx_t *ctx = ev->data;
-
-    ngx_http_optout_store_lookup_cancel(&ctx->lookup);
-
-    ctx->status = NGX_HTTP_OPTOUT_STATUS_UNAVAILABLE;
-    ctx->reason = "memcached did not answer within optout_check_timeout";
-
-    ngx_http_optout_check_finish(ctx);
-}
-
-
-static void
 ngx_http_optout_check_cleanup(void *data)
 {
     ngx_http_optout_ctx_t *ctx = data;
 
     ngx_http_optout_store_lookup_cancel(&ctx->lookup);
-
-    if (ctx->timeout.timer_set) {
-        ngx_del_timer(&ctx->timeout);
-    }
 }
 
 

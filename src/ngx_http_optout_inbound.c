@@ -46,7 +46,6 @@ static ngx_int_t ngx_http_optout_inbound_key(ngx_http_request_t *r,
 static ngx_int_t ngx_http_optout_inbound_lookup(ngx_http_request_t *r,
     ngx_http_optout_inbound_ctx_t *ctx);
 static void ngx_http_optout_inbound_looked(ngx_http_optout_lookup_t *lk);
-static void ngx_http_optout_inbound_timeout(ngx_event_t *ev);
 static void ngx_http_optout_inbound_state(ngx_http_optout_inbound_ctx_t *ctx,
     ngx_http_optout_in_msg_t *m, ngx_uint_t state);
 static ngx_int_t ngx_http_optout_inbound_record(ngx_http_request_t *r,
@@ -597,18 +596,17 @@ ngx_http_optout_inbound_lookup(ngx_http_request_t *r,
         /* one failure is enough: the next ones would wait as long */
 
         if (ctx->store_failed
-            || ngx_http_optout_store_lookup(omcf->store, lk) != NGX_OK)
+            || ngx_http_optout_store_lookup(omcf->store, lk,
+                                            olcf->check_timeout,
+                                            r->connection->log)
+               != NGX_OK)
         {
             lk->rc = NGX_ERROR;
             ngx_http_optout_inbound_looked(lk);
             continue;
         }
 
-        ctx->timeout.handler = ngx_http_optout_inbound_timeout;
-        ctx->timeout.data = ctx;
-        ctx->timeout.log = r->connection->log;
-
-        ngx_add_timer(&ctx->timeout, olcf->check_timeout);
+        ctx->looking = 1;
 
         return NGX_DONE;
     }
@@ -637,13 +635,8 @@ ngx_http_optout_inbound_looked(ngx_http_optout_lookup_t *lk)
     m = &ctx->m[ctx->next];
     omcf = ngx_http_get_module_main_conf(r, ngx_http_optout_module);
 
-    inflight = ctx->timeout.timer_set || ctx->timeout.timedout;
-
-    if (ctx->timeout.timer_set) {
-        ngx_del_timer(&ctx->timeout);
-    }
-
-    ctx->timeout.timedout = 0;
+    inflight = ctx->looking;
+    ctx->looking = 0;
 
     /* a rule found is found, marker or not */
 
@@ -682,19 +675,6 @@ ngx_http_optout_inbound_looked(ngx_http_optout_lookup_t *lk)
     }
 
     ngx_http_run_posted_requests(c);
-}
-
-
-static void
-ngx_http_optout_inbound_timeout(ngx_event_t *ev)
-{
-    ngx_http_optout_inbound_ctx_t *ctx = ev->data;
-
-    ngx_http_optout_store_lookup_cancel(&ctx->lookup);
-
-    ctx->lookup.rc = NGX_ERROR;
-
-    ngx_http_optout_inbound_looked(&ctx->lookup);
 }
 
 
@@ -1063,10 +1043,6 @@ ngx_http_optout_inbound_cleanup(void *data)
     ngx_http_optout_inbound_ctx_t *ctx = data;
 
     ngx_http_optout_store_lookup_cancel(&ctx->lookup);
-
-    if (ctx->timeout.timer_set) {
-        ngx_del_timer(&ctx->timeout);
-    }
 
     optout_in_msgs_free(&ctx->msgs);
 }

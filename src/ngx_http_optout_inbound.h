@@ -98,7 +98,7 @@ typedef struct {
     ngx_uint_t                        store_failed;
     uint64_t                          campaign;
     ngx_http_optout_lookup_t          lookup;
-    ngx_event_t                       timeout;
+    ngx_uint_t                        looking;    /* a look-up in flight */
     ngx_http_optout_change_t         *changes;
     ngx_uint_t                        nchanges;
     ngx_http_optout_record_t          record;

@@ -124,6 +124,8 @@ struct ngx_http_optout_lookup_s {
     ngx_uint_t                   found[NGX_HTTP_OPTOUT_LOOKUP_KEYS];
     optout_rule_t                rule[NGX_HTTP_OPTOUT_LOOKUP_KEYS];
     ngx_int_t                    rc;
+    ngx_uint_t                   timedout;  /* rc NGX_ERROR: the timer */
+    ngx_event_t                  timer;
     ngx_http_optout_lookup_pt    handler;
     void                        *data;
 };
@@ -254,7 +256,6 @@ typedef struct {
     ngx_uint_t                   pending_busy;  /* overflowed before */
     optout_rule_t                rule;
     ngx_http_optout_lookup_t     lookup;
-    ngx_event_t                  timeout;
     ngx_http_request_t          *request;
     const char                  *reason;
     u_char                       keys[NGX_HTTP_OPTOUT_LOOKUP_KEYS]
@@ -376,7 +377,7 @@ ngx_int_t ngx_http_optout_store_init_worker(ngx_cycle_t *cycle,
 void ngx_http_optout_store_exit_worker(ngx_cycle_t *cycle,
     ngx_http_optout_main_conf_t *omcf);
 ngx_int_t ngx_http_optout_store_lookup(ngx_http_optout_store_t *store,
-    ngx_http_optout_lookup_t *lk);
+    ngx_http_optout_lookup_t *lk, ngx_msec_t timeout, ngx_log_t *log);
 void ngx_http_optout_store_lookup_cancel(ngx_http_optout_lookup_t *lk);
 ngx_int_t ngx_http_optout_store_mget(ngx_http_optout_store_t *store,
     const char **keys, size_t *lens, ngx_uint_t n, u_char *found,

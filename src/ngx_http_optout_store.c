@@ -89,6 +89,7 @@ static ngx_http_optout_shared_t *ngx_http_optout_shared_get(
 static void ngx_http_optout_shared_flush(ngx_event_t *ev);
 static void ngx_http_optout_shared_post(ngx_http_optout_shared_t *sh);
 static void ngx_http_optout_shared_done(ngx_http_optout_mget_t *mg);
+static void ngx_http_optout_store_lookup_expired(ngx_event_t *ev);
 static void ngx_http_optout_store_write_thread(void *data, ngx_log_t *log);
 static void ngx_http_optout_store_write_many(ngx_http_optout_write_ctx_t *ctx,
     ngx_uint_t m);
@@ -296,9 +297,15 @@ ngx_http_optout_store_exit_worker(ngx_cycle_t *cycle,
 }
 
 
+/*
+ * NGX_OK: lk->handler will be called from the event loop, with lk->rc
+ * NGX_ERROR and lk->timedout set if no answer came within "timeout";
+ * ngx_http_optout_store_lookup_cancel() stops both.
+ */
+
 ngx_int_t
 ngx_http_optout_store_lookup(ngx_http_optout_store_t *store,
-    ngx_http_optout_lookup_t *lk)
+    ngx_http_optout_lookup_t *lk, ngx_msec_t timeout, ngx_log_t *log)
 {
     ngx_uint_t                 i;
     ngx_http_optout_shared_t  *sh;
@@ -338,6 +345,13 @@ ngx_http_optout_store_lookup(ngx_http_optout_store_t *store,
         ngx_post_event(&store->flush, &ngx_posted_events);
     }
 
+    lk->timedout = 0;
+    lk->timer.handler = ngx_http_optout_store_lookup_expired;
+    lk->timer.data = lk;
+    lk->timer.log = log;
+
+    ngx_add_timer(&lk->timer, timeout);
+
     return NGX_OK;
 }
 
@@ -349,6 +363,24 @@ ngx_http_optout_store_lookup_cancel(ngx_http_optout_lookup_t *lk)
         ngx_queue_remove(&lk->queue);
         lk->mget = NULL;
     }
+
+    if (lk->timer.timer_set) {
+        ngx_del_timer(&lk->timer);
+    }
+}
+
+
+static void
+ngx_http_optout_store_lookup_expired(ngx_event_t *ev)
+{
+    ngx_http_optout_lookup_t *lk = ev->data;
+
+    ngx_http_optout_store_lookup_cancel(lk);
+
+    lk->rc = NGX_ERROR;
+    lk->timedout = 1;
+
+    lk->handler(lk);
 }
 
 
@@ -461,6 +493,10 @@ ngx_http_optout_shared_done(ngx_http_optout_mget_t *mg)
         lk = ngx_queue_data(q, ngx_http_optout_lookup_t, queue);
         lk->mget = NULL;
         lk->rc = NGX_OK;
+
+        if (lk->timer.timer_set) {
+            ngx_del_timer(&lk->timer);
+        }
 
         for (k = 0; k < lk->nkeys; k++) {
             i = lk->index[k];

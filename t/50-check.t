@@ -446,6 +446,9 @@ $r = $t->read_response($sock, 10, 'GET');
 my $slow_elapsed = time - $sent;
 $r->{json} = eval { $JSON->decode($r->{content}) };
 is_unavailable($r, 'frozen, optout_check_timeout 800ms');
+like($t->error_log,
+     qr/\[error\].*memcached did not answer within optout_check_timeout/,
+     'frozen: the timeout is logged as such');
 cmp_ok($slow_elapsed, '<', 2, 'frozen: the slow check answers within 2 s');
 
 $errs = error_lines();

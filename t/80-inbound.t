@@ -413,6 +413,20 @@ $t->mc_set('optout:marker:0', '1 ' . int time);
 is(check_settled($K), '403 blocked', 'after the restart and replay: blocked');
 is(check_settled($A), '204 allowed', 'the START replayed too: allowed');
 
+# a frozen memcached: the look-up gives up at optout_check_timeout, the
+# STOP is recorded and confirmed (better twice than never)
+my $F = phone();
+$t->memcached_freeze;
+my $t0 = time;
+$r = msg('/in/', $F, 'STOP');
+my $took = time - $t0;
+$t->memcached_thaw;
+is($r->{status}, 200, 'memcached frozen: STOP 200');
+is($r->{json}{reply}, $STOP_REPLY, 'memcached frozen: the confirmation sent');
+is(jcount($F), 1, 'memcached frozen: journaled');
+cmp_ok($took, '<', 10, 'memcached frozen: answered, not hung');
+is(check_settled($F), '403 blocked', 'after the thaw: blocked');
+
 $t->stop;
 ok($t->error_log_clean, 'no alert/crit/emerg in error.log');
 
