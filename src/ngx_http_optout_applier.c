@@ -458,6 +458,7 @@ ngx_http_optout_applier_post(ngx_http_optout_applier_t *a)
     a->err_end = a->err;
 
     if (ngx_thread_task_post(a->thread_pool, a->task) != NGX_OK) {
+        ngx_http_optout_pending_end(a->pending, a->pass);
         a->next = ngx_current_msec + NGX_HTTP_OPTOUT_APPLIER_RETRY;
         return;
     }
@@ -960,6 +961,8 @@ ngx_http_optout_applier_done(ngx_event_t *ev)
     ngx_http_optout_applier_t *a = ev->data;
 
     a->busy = 0;
+
+    ngx_http_optout_pending_end(a->pending, a->pass);
 
     ngx_http_optout_metric_set(NGX_HTTP_OPTOUT_G_APPLIER_LAG, a->behind);
 

@@ -415,6 +415,8 @@ void ngx_http_optout_pending_release(ngx_http_optout_pending_t *p);
 void ngx_http_optout_pending_kick(ngx_http_optout_pending_t *p);
 ngx_uint_t ngx_http_optout_pending_kicked(ngx_http_optout_pending_t *p);
 uint64_t ngx_http_optout_pending_start(ngx_http_optout_pending_t *p);
+void ngx_http_optout_pending_end(ngx_http_optout_pending_t *p, uint64_t pass);
+ngx_uint_t ngx_http_optout_pending_passing(ngx_http_optout_pending_t *p);
 void ngx_http_optout_pending_done(ngx_http_optout_pending_t *p,
     uint64_t pass, ngx_log_t *log);
 

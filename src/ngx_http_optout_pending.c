@@ -21,6 +21,7 @@ typedef struct {
     ngx_rbtree_node_t                sentinel;
     ngx_uint_t                       count;
     uint64_t                         started;   /* applier passes */
+    uint64_t                         ended;     /* the last that ended */
     uint64_t                         overflow;  /* the pass that clears it */
     ngx_pid_t                        owner;     /* runs the applier */
     ngx_uint_t                       kick;
@@ -368,6 +369,44 @@ ngx_http_optout_pending_start(ngx_http_optout_pending_t *p)
     ngx_shmtx_unlock(&p->shpool->mutex);
 
     return pass;
+}
+
+
+/* a pass ended, whether it applied the journal or not */
+
+void
+ngx_http_optout_pending_end(ngx_http_optout_pending_t *p, uint64_t pass)
+{
+    ngx_shmtx_lock(&p->shpool->mutex);
+
+    if (pass > p->sh->ended) {
+        p->sh->ended = pass;
+    }
+
+    ngx_shmtx_unlock(&p->shpool->mutex);
+}
+
+
+/*
+ * A pass has started and not ended: it may have read the journal's end
+ * before a line just written, and delete the rule that line records
+ * after the live write of it (a line that reverses an opt-in it read).
+ */
+
+ngx_uint_t
+ngx_http_optout_pending_passing(ngx_http_optout_pending_t *p)
+{
+    ngx_uint_t  passing;
+
+    if (p == NULL) {
+        return 0;
+    }
+
+    ngx_shmtx_lock(&p->shpool->mutex);
+    passing = (p->sh->started != p->sh->ended);
+    ngx_shmtx_unlock(&p->shpool->mutex);
+
+    return passing;
 }
 
 

@@ -104,7 +104,7 @@ ngx_http_optout_rule_journaled(ngx_http_optout_waiter_t *w)
     ngx_http_optout_record_t *rec = w->data;
 
     ngx_int_t                     rc;
-    ngx_uint_t                    i;
+    ngx_uint_t                    i, passing;
     ngx_http_request_t           *r;
     ngx_http_optout_change_t     *ch;
     ngx_http_optout_main_conf_t  *omcf;
@@ -119,6 +119,14 @@ ngx_http_optout_rule_journaled(ngx_http_optout_waiter_t *w)
     r = rec->request;
     omcf = ngx_http_get_module_main_conf(r, ngx_http_optout_module);
 
+    /*
+     * A pass of the applier that read the journal before these lines may
+     * delete a rule after the store write below: the opt-outs answer from
+     * the pending set until a pass that starts later has applied them.
+     */
+
+    passing = ngx_http_optout_pending_passing(omcf->pending);
+
     for (i = 0; i < rec->n; i++) {
         ch = &rec->changes[i];
 
@@ -128,6 +136,12 @@ ngx_http_optout_rule_journaled(ngx_http_optout_waiter_t *w)
 
         } else {
             ngx_http_optout_cache_rule(r, ch->key, ch->key_len, &ch->rule);
+
+            if (passing) {
+                (void) ngx_http_optout_pending_add(omcf->pending, ch->key,
+                                                   ch->key_len, &ch->rule,
+                                                   r->connection->log);
+            }
         }
     }
 
