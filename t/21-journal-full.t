@@ -32,29 +32,11 @@ plan skip_all => 'needs root to mount a tmpfs' unless $> == 0;
 plan skip_all => 'build/optoutctl not built'
     unless -x OptoutTest::ctl_path();
 
-my ($t, $fs, $mounted);
-
-END {
-    my $rc = $?;
-    if ($mounted) {
-        $t->stop if $t;
-        system('chattr', '-a', "$fs/journal.log") if -e "$fs/journal.log";
-        system('umount', $fs) == 0 or system('umount', '-l', $fs);
-    }
-    $? = $rc;
-}
-
-$t = OptoutTest->new(workers => 2);
-$fs = $t->path('jfs');
-mkdir $fs or die "mkdir $fs: $!";
+my $t = OptoutTest->new(workers => 2);
 
 # the master opens the journal as root; after a reopen the workers do
-if (system('mount', '-t', 'tmpfs', '-o', 'size=256k,mode=0755',
-           'optout-t21', $fs) != 0)
-{
-    plan skip_all => 'cannot mount a tmpfs';
-}
-$mounted = 1;
+my $fs = $t->tmpfs('jfs', '256k')
+    // plan skip_all => 'cannot mount a tmpfs';
 
 $t->setup(journal => 'jfs/journal.log');
 

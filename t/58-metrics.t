@@ -27,31 +27,11 @@ plan skip_all => 'build/optoutctl is not built'
 my $PROMTOOL = `command -v promtool 2>/dev/null`;
 chomp $PROMTOOL;
 
-my ($t, $fs, $mounted);
+my $t = OptoutTest->new(workers => 1);
 
-END {
-    my $rc = $?;
-    if ($mounted) {
-        $t->stop if $t;
-        system('umount', $fs) == 0 or system('umount', '-l', $fs);
-    }
-    $? = $rc;
-}
-
-$t = OptoutTest->new(workers => 1);
-
-my $journal = 'journal.log';
-
-if ($> == 0) {
-    $fs = $t->path('jfs');
-    mkdir $fs or die "mkdir $fs: $!";
-    if (system('mount', '-t', 'tmpfs', '-o', 'size=256k,mode=0755',
-               'optout-t58', $fs) == 0)
-    {
-        $mounted = 1;
-        $journal = 'jfs/journal.log';
-    }
-}
+my $fs = $t->tmpfs('jfs', '256k');
+my $mounted = defined $fs;
+my $journal = $mounted ? 'jfs/journal.log' : 'journal.log';
 
 # one worker: the batch queue is per worker; a small cache to evict from
 $t->setup(journal => $journal, store_timeout => '1s', http => <<'EOF',

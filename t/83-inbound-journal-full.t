@@ -23,27 +23,9 @@ OptoutTest->require_module;
 plan skip_all => 'needs root to mount a tmpfs' unless $> == 0;
 
 my $JSON = JSON::PP->new->utf8->canonical;
-my ($t, $fs, $mounted);
-
-END {
-    my $rc = $?;
-    if ($mounted) {
-        $t->stop if $t;
-        system('umount', $fs) == 0 or system('umount', '-l', $fs);
-    }
-    $? = $rc;
-}
-
-$t = OptoutTest->new(workers => 1);
-$fs = $t->path('jfs');
-mkdir $fs or die "mkdir $fs: $!";
-
-if (system('mount', '-t', 'tmpfs', '-o', 'size=256k,mode=0755',
-           'optout-t83', $fs) != 0)
-{
-    plan skip_all => 'cannot mount a tmpfs';
-}
-$mounted = 1;
+my $t = OptoutTest->new(workers => 1);
+my $fs = $t->tmpfs('jfs', '256k')
+    // plan skip_all => 'cannot mount a tmpfs';
 
 $t->setup(journal => 'jfs/journal.log',
           http => 'server { listen 127.0.0.1:%%PORT:app%%; '

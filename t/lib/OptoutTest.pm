@@ -696,6 +696,24 @@ sub cleanup {
     return unless $self->{owner} && $self->{owner} == $$;
     eval { $self->stop };
     eval { $self->memcached_stop };
+    while (my $dir = pop @{ $self->{mounts} || [] }) {
+        system("chattr -a '$_' 2>/dev/null") for glob "$dir/*";
+        system('umount', $dir) == 0 or system('umount', '-l', $dir);
+    }
+}
+
+# a tiny tmpfs of $size at PREFIX/$name, for a journal on a full disk
+# (root only): its path, or undef when it cannot be mounted; unmounted
+# once nginx has stopped at the end of the test
+sub tmpfs {
+    my ($self, $name, $size) = @_;
+    return undef unless $> == 0;
+    my $dir = $self->path($name);
+    mkdir $dir or die "mkdir $dir: $!";
+    return undef if system('mount', '-t', 'tmpfs', '-o',
+                           "size=$size,mode=0755", "optout-$name", $dir) != 0;
+    push @{ $self->{mounts} }, $dir;
+    return $dir;
 }
 
 sub DESTROY {
