@@ -415,17 +415,17 @@ is(check_settled($A), '204 allowed', 'the START replayed too: allowed');
 
 # a frozen memcached: the look-up gives up at optout_check_timeout, the
 # STOP is recorded and confirmed (better twice than never)
-my $F = phone();
+my $Z = phone();
 $t->memcached_freeze;
 my $t0 = time;
-$r = msg('/in/', $F, 'STOP');
+$r = msg('/in/', $Z, 'STOP');
 my $took = time - $t0;
 $t->memcached_thaw;
 is($r->{status}, 200, 'memcached frozen: STOP 200');
 is($r->{json}{reply}, $STOP_REPLY, 'memcached frozen: the confirmation sent');
-is(jcount($F), 1, 'memcached frozen: journaled');
+is(jcount($Z), 1, 'memcached frozen: journaled');
 cmp_ok($took, '<', 10, 'memcached frozen: answered, not hung');
-is(check_settled($F), '403 blocked', 'after the thaw: blocked');
+is(check_settled($Z), '403 blocked', 'after the thaw: blocked');
 
 $t->stop;
 ok($t->error_log_clean, 'no alert/crit/emerg in error.log');
